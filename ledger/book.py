@@ -1,0 +1,193 @@
+"""The ledger: validate an event, give it its idempotency key, append it durably.
+
+    async with open_ledger("sqlite:///bot.db") as book:
+        record = await book.record(TradeOpened(...))
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Generator, Sequence
+from typing import Any
+
+import msgspec
+import structlog
+
+from ledger.codec import encode_data, encode_metadata
+from ledger.errors import (
+    ConcurrencyError,
+    IdempotencyConflict,
+    InvalidEvent,
+    LedgerClosed,
+)
+from ledger.events import Event, natural_event_id, stream_of, validate
+from ledger.failpoints import FailPoints
+from ledger.record import Record
+from ledger.store import Clock, EventStore, Proposal, open_store
+from ledger.trade import fold
+
+__all__ = ["Append", "Ledger", "open_ledger"]
+
+
+def utc_now() -> dt.datetime:
+    """The wall clock, in UTC."""
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Append(msgspec.Struct, frozen=True):
+    """One event of a :meth:`Ledger.record_batch`, with the options ``record`` takes."""
+
+    event: Event
+    expected_version: int | None = None
+    event_id: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class Ledger:
+    """An open ledger: the log, its rules and its live views.
+
+    Open it with ``async with open_ledger(url) as book`` (or ``book = await
+    open_ledger(url)`` and ``await book.aclose()``); a closed ledger refuses
+    reuse.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 5.0,
+        clock: Clock | None = None,
+    ) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.clock: Clock = clock or utc_now
+        self._store: EventStore | None = None
+        self._state = "new"
+
+    @property
+    def store(self) -> EventStore:
+        """The open store under this ledger."""
+        if self._state != "open" or self._store is None:
+            raise LedgerClosed(f"the ledger is {self._state}, not open")
+        return self._store
+
+    async def open(self) -> Ledger:
+        """Open the store; a ledger opens once."""
+        if self._state != "new":
+            raise LedgerClosed(f"the ledger is {self._state}; open a new one")
+        self._state = "opening"
+        store = open_store(
+            self.url,
+            rules=fold,
+            clock=self.clock,
+            timeout=self.timeout,
+            failpoints=FailPoints.from_env(),
+        )
+        try:
+            await store.open()
+        except BaseException:
+            self._state = "closed"
+            await store.aclose()
+            raise
+        self._store = store
+        self._state = "open"
+        return self
+
+    async def aclose(self) -> None:
+        """Close the store; safe to call twice."""
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        if self._store is not None:
+            await self._store.aclose()
+
+    async def __aenter__(self) -> Ledger:
+        return await self.open()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __await__(self) -> Generator[Any, None, Ledger]:
+        return self.open().__await__()
+
+    async def record(
+        self,
+        event: Event,
+        *,
+        expected_version: int | None = None,
+        event_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Record:
+        """Append ``event`` and return its record once it is durable.
+
+        A retry (same ``event_id``, or the same natural key) with an equal
+        payload returns the first record. Raises ``InvalidEvent``,
+        ``ConcurrencyError``, ``IdempotencyConflict``, ``StoreUnavailable`` or
+        ``OutcomeUnknown``; on any of them but the last, nothing was written.
+        """
+        (record,) = await self.record_batch(
+            [Append(event, expected_version, event_id, metadata)]
+        )
+        return record
+
+    async def record_batch(self, items: Sequence[Event | Append]) -> list[Record]:
+        """Append every item atomically: all are durable, or none is written."""
+        store = self.store
+        now = self.clock()
+        try:
+            proposals = [
+                self._propose(item if isinstance(item, Append) else Append(item), now)
+                for item in items
+            ]
+            if not proposals:
+                raise InvalidEvent("the batch is empty", rule="empty_batch")
+            return await store.append(proposals)
+        except (InvalidEvent, ConcurrencyError, IdempotencyConflict) as refused:
+            structlog.get_logger("tradeledger").info(
+                "refused", error=type(refused).__name__, reason=str(refused)
+            )
+            raise
+
+    def _propose(self, item: Append, now: dt.datetime) -> Proposal:
+        event = item.event
+        if item.metadata:
+            if not isinstance(item.metadata, dict):
+                raise InvalidEvent("metadata must be a JSON object", field="metadata", rule="json")
+            if isinstance(event, Event):
+                event = msgspec.structs.replace(event, metadata={**event.metadata, **item.metadata})
+        event = validate(event, now=now)
+        expected = item.expected_version
+        if expected is not None and (
+            isinstance(expected, bool) or not isinstance(expected, int) or expected < 0
+        ):
+            raise InvalidEvent(
+                "expected_version must be None, 0 or a positive int",
+                field="expected_version",
+                rule="schema",
+            )
+        event_id = item.event_id or natural_event_id(event) or str(uuid.uuid4())
+        if not isinstance(event_id, str) or len(event_id) > 128 or not event_id.isprintable():
+            raise InvalidEvent(
+                "event_id must be 1..128 printable characters", field="event_id", rule="schema"
+            )
+        return Proposal(
+            event=event,
+            stream_id=stream_of(event),
+            event_id=event_id,
+            expected_version=expected,
+            type=type(event).__name__,
+            schema_version=type(event).schema_version,
+            occurred_at=event.occurred_at,
+            data=encode_data(event),
+            metadata=encode_metadata(event.metadata),
+        )
+
+
+def open_ledger(url: str, *, timeout: float = 5.0, clock: Clock | None = None) -> Ledger:
+    """A ledger on ``url``, opened by ``async with`` or ``await``.
+
+        async with open_ledger("sqlite:///bot.db") as book:
+            await book.record(event)
+    """
+    return Ledger(url, timeout=timeout, clock=clock)

@@ -1,0 +1,429 @@
+"""The lifecycle events an executor records, as one tagged union of frozen Structs.
+
+Money, prices and quantities are ``Decimal``; times are timezone-aware. msgspec
+does not check constraints when a Struct is built in Python, so the ledger runs
+:func:`validate` on every event it receives: it refuses bad fields with an
+:class:`~ledger.errors.InvalidEvent` naming the field and returns the event in
+its canonical form (decimals without exponent or trailing zeros, times in UTC),
+so that equal values encode and hash equal.
+
+    >>> from datetime import datetime, timezone
+    >>> from decimal import Decimal
+    >>> TradeOpened(trade_id="t1", symbol="BTCUSDT", side="long", quantity=Decimal("0.5"),
+    ...             price=Decimal("64000"), currency="USDT",
+    ...             occurred_at=datetime(2026, 1, 5, 9, 30, tzinfo=timezone.utc))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import typing
+import uuid
+from decimal import Decimal
+from typing import Annotated, Any, ClassVar, Literal
+
+import msgspec
+
+from ledger.errors import InvalidEvent
+
+__all__ = [
+    "CLOSE_REASONS",
+    "Event",
+    "FeeCharged",
+    "FundingApplied",
+    "ParameterChanged",
+    "SignalEmitted",
+    "StopMoved",
+    "TargetMoved",
+    "TradeClosed",
+    "TradeEvent",
+    "TradeIncreased",
+    "TradeOpened",
+    "TradeReduced",
+    "natural_event_id",
+    "stream_of",
+    "validate",
+]
+
+# Field kinds: the checks validate() runs beyond msgspec's own.
+_ID = "id"
+_TEXT = "text"
+_POSITIVE = "positive"
+_SIGNED = "signed"
+_UNIT = "unit"
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, extra={"kind": _ID})]
+Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=64, extra={"kind": _TEXT})]
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=256, extra={"kind": _TEXT})]
+Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z0-9]{1,16}$")]
+Positive = Annotated[Decimal, msgspec.Meta(extra={"kind": _POSITIVE})]
+Signed = Annotated[Decimal, msgspec.Meta(extra={"kind": _SIGNED})]
+Unit = Annotated[Decimal, msgspec.Meta(extra={"kind": _UNIT})]
+Timestamp = Annotated[dt.datetime, msgspec.Meta(tz=True)]
+Side = Literal["long", "short"]
+CloseReason = Literal[
+    "take_profit",
+    "stop_loss",
+    "trailing_stop",
+    "manual",
+    "signal",
+    "liquidation",
+    "expired",
+    "external",
+    "other",
+]
+FeeKind = Literal["commission", "borrow", "liquidation", "other"]
+ChangedBy = Literal["system_auto", "learning_agent", "manual", "emergency"]
+ParamValue = str | int | bool | None
+
+CLOSE_REASONS: frozenset[str] = frozenset(typing.get_args(CloseReason))
+
+MAX_DIGITS = 32
+MAX_METADATA_BYTES = 16_384
+MAX_METADATA_DEPTH = 8
+EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+MAX_CLOCK_SKEW = dt.timedelta(days=1)
+
+_WIDE = decimal.Context(prec=200, Emax=999_999, Emin=-999_999)
+
+
+class Event(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    tag_field="type",
+    omit_defaults=True,
+    forbid_unknown_fields=True,
+):
+    """A lifecycle event; the tag (``type``) is the class name."""
+
+    schema_version: ClassVar[int] = 1
+
+    occurred_at: Timestamp
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class SignalEmitted(Event, frozen=True, kw_only=True):
+    """A strategy's signal, recorded whether or not a trade follows."""
+
+    signal_id: Id
+    symbol: Symbol
+    side: Side
+    timeframe: Text | None = None
+    confidence: Unit | None = None
+    entry_price: Positive | None = None
+    stop_price: Positive | None = None
+    target_price: Positive | None = None
+    strategy: Text | None = None
+    model: Text | None = None
+    session: Text | None = None
+    pattern: Text | None = None
+
+
+class TradeEvent(Event, frozen=True, kw_only=True):
+    """An event of one trade's stream, ``trade-<trade_id>``."""
+
+    trade_id: Id
+
+
+class TradeOpened(TradeEvent, frozen=True, kw_only=True):
+    """The fill that opened a trade."""
+
+    symbol: Symbol
+    side: Side
+    quantity: Positive
+    price: Positive
+    currency: Currency
+    multiplier: Positive = Decimal(1)
+    leverage: Positive = Decimal(1)
+    margin: Positive | None = None
+    stop_price: Positive | None = None
+    target_price: Positive | None = None
+    trailing_pct: Positive | None = None
+    fee: Signed = Decimal(0)
+    fill_id: Id | None = None
+    order_id: Id | None = None
+    signal_id: Id | None = None
+    account: Text | None = None
+    strategy: Text | None = None
+    model: Text | None = None
+    confidence: Unit | None = None
+    regime: Text | None = None
+    session: Text | None = None
+    pattern: Text | None = None
+
+
+class TradeIncreased(TradeEvent, frozen=True, kw_only=True):
+    """A scale-in fill."""
+
+    quantity: Positive
+    price: Positive
+    fee: Signed = Decimal(0)
+    fill_id: Id | None = None
+    order_id: Id | None = None
+
+
+class StopMoved(TradeEvent, frozen=True, kw_only=True):
+    """The protective stop moved (v1 called ``stop_price`` ``stop`` and had no reason)."""
+
+    schema_version: ClassVar[int] = 2
+
+    stop_price: Positive
+    reason: Text | None = None
+
+
+class TargetMoved(TradeEvent, frozen=True, kw_only=True):
+    """The profit target moved."""
+
+    target_price: Positive
+    reason: Text | None = None
+
+
+class TradeReduced(TradeEvent, frozen=True, kw_only=True):
+    """A partial exit fill; one of exactly the open quantity closes the trade."""
+
+    quantity: Positive
+    price: Positive
+    fee: Signed = Decimal(0)
+    reason: Text | None = None
+    fill_id: Id | None = None
+    order_id: Id | None = None
+
+
+class FeeCharged(TradeEvent, frozen=True, kw_only=True):
+    """A cost outside a fill (positive lowers PnL, negative is a rebate)."""
+
+    amount: Signed
+    kind: FeeKind
+
+
+class FundingApplied(TradeEvent, frozen=True, kw_only=True):
+    """A funding payment received (positive raises PnL, negative was paid)."""
+
+    amount: Signed
+    rate: Signed | None = None
+
+
+class TradeClosed(TradeEvent, frozen=True, kw_only=True):
+    """The exit of all the remaining quantity."""
+
+    price: Positive
+    reason: CloseReason
+    fee: Signed = Decimal(0)
+    fill_id: Id | None = None
+    order_id: Id | None = None
+
+
+class ParameterChanged(Event, frozen=True, kw_only=True):
+    """A change to a bot's parameter; decimal values are passed as strings."""
+
+    name: Id
+    new_value: ParamValue
+    old_value: ParamValue = None
+    reason: Text | None = None
+    changed_by: ChangedBy
+    scope: Text | None = None
+
+
+AnyEvent = (
+    SignalEmitted
+    | TradeOpened
+    | TradeIncreased
+    | StopMoved
+    | TargetMoved
+    | TradeReduced
+    | FeeCharged
+    | FundingApplied
+    | TradeClosed
+    | ParameterChanged
+)
+
+EVENT_TYPES: dict[str, type[Event]] = {cls.__name__: cls for cls in typing.get_args(AnyEvent)}
+
+
+def stream_of(event: Event) -> str:
+    """The stream an event belongs to: ``trade-<id>``, ``signal-<id>`` or ``parameters``."""
+    if isinstance(event, TradeEvent):
+        return f"trade-{event.trade_id}"
+    if isinstance(event, SignalEmitted):
+        return f"signal-{event.signal_id}"
+    return "parameters"
+
+
+_KEY_SPACE = uuid.UUID("6f0c1d7e-5b1a-4c53-9a57-0e5d2f1b8a41")
+_SEP = "\x1f"  # ids are printable, so the unit separator cannot appear inside one
+
+
+def natural_event_id(event: Event) -> str | None:
+    """The idempotency key derived from the event's natural key, or None if it has none.
+
+    A retried call carries the same natural key, hence the same id. A trade
+    closes only once, so a close without a ``fill_id`` keys on the trade alone.
+    """
+    parts: tuple[str, ...]
+    if isinstance(event, SignalEmitted):
+        parts = ("signal", event.signal_id)
+    elif isinstance(event, TradeOpened):
+        parts = ("open", event.trade_id)
+    elif isinstance(event, TradeIncreased | TradeReduced | TradeClosed) and event.fill_id:
+        parts = ("fill", event.trade_id, event.fill_id)
+    elif isinstance(event, TradeClosed):
+        parts = ("close", event.trade_id)
+    elif isinstance(event, FundingApplied):
+        parts = ("funding", event.trade_id, _iso(event.occurred_at))
+    else:
+        return None
+    return str(uuid.uuid5(_KEY_SPACE, _SEP.join(parts)))
+
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _kinds(cls: type[Event]) -> dict[str, str | None]:
+    """Field name -> the validate() kind of that field, read from its annotation."""
+    found: dict[str, str | None] = {}
+    for name, hint in typing.get_type_hints(cls, include_extras=True).items():
+        kind = None
+        for part in (hint, *typing.get_args(hint)):
+            for meta in getattr(part, "__metadata__", ()):
+                if isinstance(meta, msgspec.Meta) and meta.extra:
+                    kind = meta.extra.get("kind", kind)
+        found[name] = kind
+    return found
+
+
+_FIELD_KINDS: dict[type[Event], dict[str, str | None]] = {
+    cls: _kinds(cls) for cls in EVENT_TYPES.values()
+}
+
+
+def canonical_decimal(value: Decimal) -> Decimal:
+    """The one form of a finite decimal: no exponent, no trailing zeros, no negative zero."""
+    text = format(value.normalize(_WIDE), "f")
+    if text.startswith("-") and Decimal(text) == 0:
+        text = text[1:]
+    return Decimal(text)
+
+
+def validate(event: object, *, now: dt.datetime | None = None) -> Event:
+    """Check every field of ``event`` and return it in canonical form.
+
+    Raises :class:`InvalidEvent` naming the first bad field. ``now`` bounds
+    ``occurred_at`` from above (a day of clock skew is allowed).
+    """
+    if not isinstance(event, Event) or type(event) not in _FIELD_KINDS:
+        raise InvalidEvent(
+            f"expected one of {', '.join(sorted(EVENT_TYPES))}, got {type(event).__name__}",
+            field="type",
+            rule="unknown_type",
+        )
+    cls = type(event)
+    for name, kind in _FIELD_KINDS[cls].items():
+        value = getattr(event, name)
+        if kind in (_POSITIVE, _SIGNED, _UNIT) and value is not None:
+            if not isinstance(value, Decimal):
+                raise InvalidEvent(
+                    f"{name} must be a Decimal, got {type(value).__name__}",
+                    field=name,
+                    rule="decimal",
+                )
+    if not isinstance(event.occurred_at, dt.datetime):
+        raise InvalidEvent("occurred_at must be a datetime", field="occurred_at", rule="schema")
+    try:
+        # msgspec checks lengths, patterns, literals and tz-awareness on conversion only.
+        msgspec.convert(msgspec.to_builtins(event), type=cls)
+    except (msgspec.ValidationError, TypeError) as e:
+        raise InvalidEvent(str(e), field=_field_from(str(e)), rule="schema") from e
+    changes: dict[str, Any] = {}
+    for name, kind in _FIELD_KINDS[cls].items():
+        value = getattr(event, name)
+        if value is None:
+            continue
+        if isinstance(value, Decimal):
+            fixed = _check_decimal(name, value, kind)
+            if fixed is not value:
+                changes[name] = fixed
+        elif isinstance(value, str) and kind in (_ID, _TEXT) and not value.isprintable():
+            raise InvalidEvent(
+                f"{name} contains non-printable characters", field=name, rule="printable"
+            )
+    changes["occurred_at"] = _check_time(event.occurred_at, now)
+    _check_metadata(event.metadata)
+    return msgspec.structs.replace(event, **changes)
+
+
+def _field_from(message: str) -> str | None:
+    marker = "at `$."
+    if marker not in message:
+        return None
+    path = message.split(marker, 1)[1].rstrip("`")
+    return path.split(".")[0].split("[")[0]
+
+
+def _check_decimal(name: str, value: Decimal, kind: str | None) -> Decimal:
+    if not value.is_finite():
+        raise InvalidEvent(f"{name} must be a finite number, got {value}", field=name, rule="finite")
+    if len(value.as_tuple().digits) > MAX_DIGITS or abs(value.adjusted()) > MAX_DIGITS:
+        raise InvalidEvent(
+            f"{name} has more than {MAX_DIGITS} digits", field=name, rule="digits"
+        )
+    fixed = canonical_decimal(value)
+    if len(fixed.as_tuple().digits) > MAX_DIGITS:
+        raise InvalidEvent(
+            f"{name} has more than {MAX_DIGITS} digits", field=name, rule="digits"
+        )
+    if kind == _POSITIVE and fixed <= 0:
+        raise InvalidEvent(f"{name} must be > 0, got {fixed}", field=name, rule="positive")
+    if kind == _UNIT and not 0 <= fixed <= 1:
+        raise InvalidEvent(f"{name} must be within 0..1, got {fixed}", field=name, rule="range")
+    if str(fixed) == str(value):
+        return value
+    return fixed
+
+
+def _check_time(moment: dt.datetime, now: dt.datetime | None) -> dt.datetime:
+    offset = moment.utcoffset()
+    if offset is None:
+        raise InvalidEvent("occurred_at must be timezone-aware", field="occurred_at", rule="tz")
+    utc = moment.astimezone(dt.timezone.utc)
+    if utc < EARLIEST:
+        raise InvalidEvent(
+            f"occurred_at {utc.isoformat()} is before 1970", field="occurred_at", rule="range"
+        )
+    if now is not None and utc > now + MAX_CLOCK_SKEW:
+        raise InvalidEvent(
+            f"occurred_at {utc.isoformat()} is more than a day in the future",
+            field="occurred_at",
+            rule="range",
+        )
+    return utc
+
+
+def _check_metadata(metadata: dict[str, Any]) -> None:
+    try:
+        size = len(msgspec.json.encode(metadata))
+    except (TypeError, msgspec.EncodeError) as e:
+        raise InvalidEvent(f"metadata is not JSON: {e}", field="metadata", rule="json") from e
+    if size > MAX_METADATA_BYTES:
+        raise InvalidEvent(
+            f"metadata is {size} bytes, more than {MAX_METADATA_BYTES}",
+            field="metadata",
+            rule="size",
+        )
+    if _depth(metadata) > MAX_METADATA_DEPTH:
+        raise InvalidEvent(
+            f"metadata nests deeper than {MAX_METADATA_DEPTH}", field="metadata", rule="depth"
+        )
+    for key in metadata:
+        if not isinstance(key, str):
+            raise InvalidEvent("metadata keys must be strings", field="metadata", rule="json")
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list | tuple):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0

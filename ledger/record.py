@@ -1,0 +1,46 @@
+"""The record: one appended event in its envelope, as the log stores it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from typing import Any
+
+import msgspec
+
+from ledger.events import Event
+
+
+class Record(msgspec.Struct, frozen=True, dict=True):
+    """An event as the log holds it: its place, its times, its bytes and its hashes.
+
+    ``data`` and ``metadata`` are canonical JSON text; ``event`` decodes them
+    (upcasting older schemas) once, on first use.
+    """
+
+    position: int
+    stream_id: str
+    version: int
+    event_id: str
+    type: str
+    schema_version: int
+    occurred_at: dt.datetime
+    recorded_at: dt.datetime
+    data: str
+    metadata: str
+    prev_hash: str
+    hash: str
+
+    @functools.cached_property
+    def event(self) -> Event:
+        """The event, decoded from ``data`` with ``metadata`` attached."""
+        from ledger.codec import decode_event
+
+        return decode_event(self.type, self.schema_version, self.data, self.metadata)
+
+    @functools.cached_property
+    def meta(self) -> dict[str, Any]:
+        """The record's metadata as a dict."""
+        from ledger.codec import decode_metadata
+
+        return decode_metadata(self.metadata)

@@ -1,0 +1,751 @@
+"""The embedded store: one SQLite file in WAL mode, ``synchronous=FULL``.
+
+Writes go through one writer thread that owns a plain ``sqlite3`` connection:
+appends that arrive while a transaction is in flight are grouped into the next
+one (one ``BEGIN IMMEDIATE``, one COMMIT, one fsync), each caller's batch in
+its own savepoint so that one caller's refusal never fails its neighbours. The
+whole group costs one thread hop; through aiosqlite it would cost one per
+statement (see ``scripts/bench_append.py``). Reads go through aiosqlite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import aiosqlite
+import structlog
+
+from ledger.chain import GENESIS, record_hash, timestamp
+from ledger.codec import decode_event
+from ledger.errors import (
+    ConcurrencyError,
+    IdempotencyConflict,
+    IncompatibleStore,
+    LedgerClosed,
+    LedgerError,
+    OutcomeUnknown,
+    StoreUnavailable,
+)
+from ledger.failpoints import FailPoints
+from ledger.record import Record
+from ledger.store.protocol import Checkpoint, Clock, Head, Proposal, Rules
+from ledger.trade import StreamState
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteStore"]
+
+APPLICATION_ID = 0x54524C47  # "TRLG": marks a file as a tradeledger
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the log, checkpoints, the ledger's identity
+    """
+    CREATE TABLE records (
+        position INTEGER PRIMARY KEY,
+        stream_id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        event_id TEXT NOT NULL UNIQUE,
+        type TEXT NOT NULL,
+        schema_version INTEGER NOT NULL,
+        occurred_at TEXT NOT NULL,
+        recorded_at TEXT NOT NULL,
+        data TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        UNIQUE (stream_id, version)
+    );
+    CREATE TRIGGER records_no_update BEFORE UPDATE ON records
+    BEGIN SELECT RAISE(ABORT, 'records are append-only'); END;
+    CREATE TRIGGER records_no_delete BEFORE DELETE ON records
+    BEGIN SELECT RAISE(ABORT, 'records are append-only'); END;
+    CREATE TABLE checkpoints (
+        name TEXT PRIMARY KEY,
+        identity TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        state BLOB NOT NULL,
+        digest TEXT NOT NULL,
+        saved_at TEXT NOT NULL
+    );
+    CREATE TABLE ledger (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+    # 2: known-at cuts find a position by recorded time
+    """
+    CREATE INDEX records_by_recorded_at ON records (recorded_at);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_COLUMNS = (
+    "position, stream_id, version, event_id, type, schema_version, "
+    "occurred_at, recorded_at, data, metadata, prev_hash, hash"
+)
+_INSERT = f"INSERT INTO records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_SELECT = f"SELECT {_COLUMNS} FROM records"
+
+# SQLite result codes after which a failed COMMIT certainly wrote nothing.
+_NOTHING_WRITTEN = frozenset(
+    {"SQLITE_FULL", "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_READONLY", "SQLITE_NOMEM"}
+)
+
+_QUEUED, _RUNNING, _CANCELLED = range(3)
+_MAX_GROUP_EVENTS = 4096
+_STREAM_CACHE = 20_000
+_PAGE = 1000
+
+_parse_time = dt.datetime.fromisoformat
+
+
+def _record(row: Sequence[Any]) -> Record:
+    return Record(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        _parse_time(row[6]),
+        _parse_time(row[7]),
+        row[8],
+        row[9],
+        row[10],
+        row[11],
+    )
+
+
+def _path_from_url(url: str) -> str:
+    if not url.startswith("sqlite:///"):
+        raise ValueError(f"not a sqlite URL (sqlite:///relative or sqlite:////absolute): {url!r}")
+    path = url[len("sqlite:///") :].split("?", 1)[0]
+    if not path:
+        raise ValueError("the sqlite URL names no file")
+    return path
+
+
+class _Request:
+    """One caller's atomic batch, or one piece of maintenance work, for the writer."""
+
+    __slots__ = ("batch", "future", "loop", "state", "work")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: Sequence[Proposal] = (),
+        work: Callable[[sqlite3.Connection], Any] | None = None,
+    ) -> None:
+        self.batch = batch
+        self.work = work
+        self.loop = loop
+        self.future: asyncio.Future[Any] = loop.create_future()
+        self.state = _QUEUED
+
+    def settle(self, outcome: Any) -> None:
+        self.loop.call_soon_threadsafe(_settle, self.future, outcome)
+
+
+def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+class _Stage:
+    """What a transaction has written so far, layered over what is committed."""
+
+    def __init__(self, head: Head, parent: _Stage | None = None) -> None:
+        self.head = head
+        self.parent = parent
+        self.by_event_id: dict[str, Record] = {}
+        self.streams: dict[str, tuple[int, StreamState]] = {}
+
+    def find(self, event_id: str) -> Record | None:
+        stage: _Stage | None = self
+        while stage is not None:
+            found = stage.by_event_id.get(event_id)
+            if found is not None:
+                return found
+            stage = stage.parent
+        return None
+
+    def stream(self, stream_id: str) -> tuple[int, StreamState] | None:
+        stage: _Stage | None = self
+        while stage is not None:
+            found = stage.streams.get(stream_id)
+            if found is not None:
+                return found
+            stage = stage.parent
+        return None
+
+    def merge_into_parent(self) -> None:
+        assert self.parent is not None
+        self.parent.head = self.head
+        self.parent.by_event_id.update(self.by_event_id)
+        self.parent.streams.update(self.streams)
+
+
+class _Writer:
+    """The thread that owns the write connection and commits groups of appends."""
+
+    def __init__(self, store: SqliteStore, conn: sqlite3.Connection) -> None:
+        self.store = store
+        self.conn = conn
+        self.lock = threading.Condition()
+        self.queue: collections.deque[_Request] = collections.deque()
+        self.stopping = False
+        self.head = Head(0, GENESIS, None)
+        self.streams: collections.OrderedDict[str, tuple[int, StreamState]] = (
+            collections.OrderedDict()
+        )
+        self.verified: set[str] = set()
+        self.data_version = -1
+        self.thread = threading.Thread(target=self.run, name="tradeledger-sqlite-writer", daemon=True)
+
+    def submit(self, request: _Request) -> None:
+        with self.lock:
+            if self.stopping:
+                raise LedgerClosed("the ledger is closed")
+            self.queue.append(request)
+            self.lock.notify()
+
+    def cancel(self, request: _Request) -> bool:
+        """Withdraw a request the writer has not started; False once it has."""
+        with self.lock:
+            if request.state == _QUEUED:
+                request.state = _CANCELLED
+                return True
+            return request.state == _CANCELLED
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopping = True
+            self.lock.notify()
+
+    def run(self) -> None:
+        while True:
+            with self.lock:
+                while not self.queue and not self.stopping:
+                    self.lock.wait()
+                if not self.queue:
+                    break
+                group: list[_Request] = []
+                events = 0
+                while self.queue and events < _MAX_GROUP_EVENTS:
+                    request = self.queue[0]
+                    if request.state == _CANCELLED:
+                        self.queue.popleft()
+                        continue
+                    if request.work is not None and group:
+                        break
+                    self.queue.popleft()
+                    group.append(request)
+                    events += len(request.batch)
+                    if request.work is not None:
+                        break
+            if group[0].work is not None:
+                self.run_work(group[0])
+            else:
+                self.commit_group(group)
+        self.conn.close()
+
+    def begin(self, group: list[_Request]) -> list[_Request] | None:
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            self.fail(group, StoreUnavailable(f"cannot start a write on {self.store.path}: {e}"), e)
+            return None
+        with self.lock:
+            live = [r for r in group if r.state != _CANCELLED]
+            for request in live:
+                request.state = _RUNNING
+        return live
+
+    def run_work(self, request: _Request) -> None:
+        work = request.work
+        assert work is not None
+        if self.begin([request]) is None:
+            return
+        try:
+            result = work(self.conn)
+            self.conn.execute("COMMIT")
+        except (sqlite3.Error, OSError) as e:
+            self.rollback()
+            self.fail([request], StoreUnavailable(f"write to {self.store.path} failed: {e}"), e)
+            return
+        except LedgerError as e:
+            self.rollback()
+            request.settle(e)
+            return
+        request.settle(result)
+
+    def commit_group(self, group: list[_Request]) -> None:
+        started = time.perf_counter()
+        live = self.begin(group)
+        if live is None:
+            return
+        if not live:
+            self.rollback()
+            return
+        failpoints = self.store.failpoints
+        outcomes: list[list[Record] | LedgerError] = []
+        try:
+            failpoints.hit("after_begin")
+            self.sync()
+            stage = _Stage(self.head)
+            now = self.store.clock()
+            for request in live:
+                child = _Stage(stage.head, stage)
+                self.conn.execute("SAVEPOINT request")
+                try:
+                    records = self.apply(request.batch, child, now)
+                except LedgerError as refused:
+                    self.conn.execute("ROLLBACK TO request")
+                    self.conn.execute("RELEASE request")
+                    outcomes.append(refused)
+                    continue
+                self.conn.execute("RELEASE request")
+                child.merge_into_parent()
+                outcomes.append(records)
+            failpoints.hit("before_commit")
+        except (sqlite3.Error, OSError) as e:
+            self.rollback()
+            self.fail(live, StoreUnavailable(f"append to {self.store.path} failed: {e}"), e)
+            return
+        try:
+            self.conn.execute("COMMIT")
+        except (sqlite3.Error, OSError) as e:
+            self.rollback()
+            self.head = Head(-1, GENESIS, None)  # unknown: reload before the next write
+            self.data_version = -1
+            name = getattr(e, "sqlite_errorname", "")
+            if name in _NOTHING_WRITTEN:
+                error: LedgerError = StoreUnavailable(f"commit to {self.store.path} failed: {e}")
+            else:
+                error = OutcomeUnknown(
+                    f"commit to {self.store.path} failed ({e}); retry with the same event_id"
+                )
+            self.fail(live, error, e)
+            return
+        failpoints.hit("after_commit")
+        self.head = stage.head
+        for stream_id, entry in stage.streams.items():
+            self.remember(stream_id, entry)
+        for request, outcome in zip(live, outcomes, strict=True):
+            request.settle(outcome)
+        self.store.notify()
+        structlog.get_logger("tradeledger").debug(
+            "append_group",
+            requests=len(live),
+            events=sum(len(r.batch) for r in live),
+            head=self.head.position,
+            ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+
+    def fail(self, requests: list[_Request], error: LedgerError, cause: BaseException) -> None:
+        error.__cause__ = cause
+        structlog.get_logger("tradeledger").error(
+            "store_fault", store="sqlite", path=self.store.path, error=str(cause), requests=len(requests)
+        )
+        for request in requests:
+            request.settle(error)
+
+    def rollback(self) -> None:
+        try:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        self.verified.clear()
+
+    def sync(self) -> None:
+        """Trust the caches only while no other connection has committed."""
+        version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        if version == self.data_version and self.head.position >= 0:
+            return
+        self.data_version = version
+        self.verified.clear()
+        row = self.conn.execute(
+            "SELECT position, hash, recorded_at FROM records ORDER BY position DESC LIMIT 1"
+        ).fetchone()
+        self.head = Head(0, GENESIS, None) if row is None else Head(row[0], row[1], _parse_time(row[2]))
+
+    def remember(self, stream_id: str, entry: tuple[int, StreamState]) -> None:
+        self.streams[stream_id] = entry
+        self.streams.move_to_end(stream_id)
+        self.verified.add(stream_id)
+        if len(self.streams) > _STREAM_CACHE:
+            old, _ = self.streams.popitem(last=False)
+            self.verified.discard(old)
+
+    def stream(self, stream_id: str, stage: _Stage) -> tuple[int, StreamState]:
+        staged = stage.stream(stream_id)
+        if staged is not None:
+            return staged
+        cached = self.streams.get(stream_id)
+        if cached is not None and stream_id in self.verified:
+            self.streams.move_to_end(stream_id)
+            return cached
+        if cached is not None:
+            (version,) = self.conn.execute(
+                "SELECT coalesce(max(version), 0) FROM records WHERE stream_id = ?", (stream_id,)
+            ).fetchone()
+            if version == cached[0]:
+                self.remember(stream_id, cached)
+                return cached
+        rows = self.conn.execute(
+            "SELECT type, schema_version, data FROM records WHERE stream_id = ? ORDER BY version",
+            (stream_id,),
+        ).fetchall()
+        state: StreamState = None
+        for kind, schema_version, data in rows:
+            state = self.store.rules(state, decode_event(kind, schema_version, data))
+        entry = (len(rows), state)
+        self.remember(stream_id, entry)
+        return entry
+
+    def find(self, event_id: str) -> Record | None:
+        row = self.conn.execute(f"{_SELECT} WHERE event_id = ?", (event_id,)).fetchone()
+        return None if row is None else _record(row)
+
+    def apply(self, batch: Sequence[Proposal], stage: _Stage, now: dt.datetime) -> list[Record]:
+        records: list[Record] = []
+        for proposal in batch:
+            existing = stage.find(proposal.event_id) or self.find(proposal.event_id)
+            if existing is not None:
+                if not same_payload(existing, proposal):
+                    raise IdempotencyConflict(proposal.event_id, existing.position)
+                records.append(existing)
+                continue
+            version, state = self.stream(proposal.stream_id, stage)
+            expected = proposal.expected_version
+            if expected is not None and expected != version:
+                raise ConcurrencyError(proposal.stream_id, expected, version)
+            new_state = self.store.rules(state, proposal.event)
+            head = stage.head
+            recorded_at = now if head.recorded_at is None or now > head.recorded_at else head.recorded_at
+            record = make_record(head, proposal, version + 1, recorded_at)
+            self.conn.execute(
+                _INSERT,
+                (
+                    record.position,
+                    record.stream_id,
+                    record.version,
+                    record.event_id,
+                    record.type,
+                    record.schema_version,
+                    timestamp(record.occurred_at),
+                    timestamp(record.recorded_at),
+                    record.data,
+                    record.metadata,
+                    record.prev_hash,
+                    record.hash,
+                ),
+            )
+            stage.head = Head(record.position, record.hash, recorded_at)
+            stage.by_event_id[record.event_id] = record
+            stage.streams[record.stream_id] = (record.version, new_state)
+            records.append(record)
+        self.store.failpoints.hit("after_insert")
+        return records
+
+
+def make_record(head: Head, proposal: Proposal, version: int, recorded_at: dt.datetime) -> Record:
+    """The record that appends ``proposal`` after ``head``, hashed into the chain."""
+    position = head.position + 1
+    digest = record_hash(
+        head.hash,
+        position,
+        proposal.stream_id,
+        version,
+        proposal.event_id,
+        proposal.type,
+        proposal.schema_version,
+        proposal.occurred_at,
+        recorded_at,
+        proposal.data,
+        proposal.metadata,
+    )
+    return Record(
+        position,
+        proposal.stream_id,
+        version,
+        proposal.event_id,
+        proposal.type,
+        proposal.schema_version,
+        proposal.occurred_at,
+        recorded_at,
+        proposal.data,
+        proposal.metadata,
+        head.hash,
+        digest,
+    )
+
+
+def same_payload(record: Record, proposal: Proposal) -> bool:
+    """Whether a recorded event equals a proposed one by value (metadata aside)."""
+    if record.type != proposal.type:
+        return False
+    if record.schema_version == proposal.schema_version and record.data == proposal.data:
+        return True
+    stored = decode_event(record.type, record.schema_version, record.data)
+    return bool(stored == decode_event(proposal.type, proposal.schema_version, proposal.data))
+
+
+class SqliteStore:
+    """The log in one SQLite file; see the module docstring for how it writes."""
+
+    durability = "durable: WAL with synchronous=FULL, fsync before every acknowledgement"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        rules: Rules,
+        clock: Clock,
+        timeout: float = 5.0,
+        failpoints: FailPoints | None = None,
+        poll_interval: float = 0.05,
+    ) -> None:
+        self.url = url
+        self.path = _path_from_url(url)
+        self.rules = rules
+        self.clock = clock
+        self.timeout = timeout
+        self.failpoints = failpoints or FailPoints()
+        self.poll_interval = poll_interval
+        self._writer: _Writer | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._appended: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    # lifecycle
+
+    async def open(self) -> None:
+        if self._writer is not None or self._closed:
+            raise LedgerClosed("a store opens once")
+        self._loop = asyncio.get_running_loop()
+        self._appended = asyncio.Event()
+        conn = await asyncio.wait_for(asyncio.to_thread(self._connect), self.timeout + 1)
+        self._writer = _Writer(self, conn)
+        self._writer.thread.start()
+        try:
+            self._reader = await aiosqlite.connect(self.path, timeout=self.timeout)
+            await self._reader.execute("PRAGMA query_only = 1")
+        except sqlite3.Error as e:
+            await self.aclose()
+            raise StoreUnavailable(f"cannot read {self.path}: {e}") from e
+
+    def _connect(self) -> sqlite3.Connection:
+        """Open the write connection and bring the schema up to date."""
+        if not os.path.exists(self.path):
+            try:
+                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            except FileExistsError:
+                pass
+            except OSError as e:
+                raise StoreUnavailable(f"cannot create {self.path}: {e.strerror}") from e
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"cannot open {self.path}: {e}") from e
+        try:
+            migrate(conn, self.path, self.clock)
+            conn.execute("PRAGMA synchronous = FULL")
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            if getattr(e, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+                raise IncompatibleStore(f"{self.path} is not a tradeledger file: {e}") from e
+            raise StoreUnavailable(f"cannot open {self.path}: {e}") from e
+        except LedgerError:
+            conn.close()
+            raise
+        return conn
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._writer.stop()
+            await asyncio.to_thread(self._writer.thread.join)
+        if self._reader is not None:
+            await self._reader.close()
+        if self._appended is not None:
+            self._appended.set()
+
+    def notify(self) -> None:
+        """Wake subscribers (called from the writer thread after a commit)."""
+        if self._loop is not None and self._appended is not None:
+            self._loop.call_soon_threadsafe(self._appended.set)
+
+    def _live(self) -> tuple[_Writer, aiosqlite.Connection]:
+        if self._closed or self._writer is None or self._reader is None:
+            raise LedgerClosed("the store is not open")
+        return self._writer, self._reader
+
+    # writes
+
+    async def append(self, batch: Sequence[Proposal]) -> list[Record]:
+        writer, _ = self._live()
+        request = _Request(asyncio.get_running_loop(), batch=batch)
+        result: list[Record] = await self._submit(writer, request)
+        return result
+
+    async def _submit(self, writer: _Writer, request: _Request) -> Any:
+        writer.submit(request)
+        try:
+            return await asyncio.wait_for(asyncio.shield(request.future), self.timeout)
+        except TimeoutError:
+            if writer.cancel(request):
+                raise StoreUnavailable(
+                    f"{self.path}: the write did not start within {self.timeout}s; nothing was written"
+                ) from None
+            raise OutcomeUnknown(
+                f"{self.path}: no answer within {self.timeout}s after the write started; "
+                "retry with the same event_id"
+            ) from None
+
+    async def save_checkpoints(self, checkpoints: Sequence[Checkpoint]) -> None:
+        writer, _ = self._live()
+
+        def work(conn: sqlite3.Connection) -> None:
+            self.failpoints.hit("checkpoint_write")
+            conn.executemany(
+                "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (c.name, c.identity, c.position, c.hash, c.state, c.digest, timestamp(c.saved_at))
+                    for c in checkpoints
+                ],
+            )
+
+        await self._submit(writer, _Request(asyncio.get_running_loop(), work=work))
+
+    async def write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``work`` on the write connection in a transaction of its own."""
+        writer, _ = self._live()
+        return await self._submit(writer, _Request(asyncio.get_running_loop(), work=work))
+
+    # reads
+
+    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        _, reader = self._live()
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with reader.execute(sql, params) as cursor:
+                    return list(await cursor.fetchall())
+        except TimeoutError as e:
+            raise StoreUnavailable(f"{self.path}: read timed out after {self.timeout}s") from e
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"{self.path}: read failed: {e}") from e
+
+    async def read(self, start: int = 1, stop: int | None = None) -> AsyncIterator[Record]:
+        """Every record from ``start`` (to ``stop``, inclusive), a page at a time."""
+        position = max(start, 1)
+        last = stop if stop is not None else 2**62
+        while position <= last:
+            rows = await self._fetch(
+                f"{_SELECT} WHERE position >= ? AND position <= ? ORDER BY position LIMIT ?",
+                (position, last, _PAGE),
+            )
+            for row in rows:
+                yield _record(row)
+            if len(rows) < _PAGE:
+                return
+            position = rows[-1][0] + 1
+
+    async def read_stream(self, stream_id: str) -> list[Record]:
+        rows = await self._fetch(f"{_SELECT} WHERE stream_id = ? ORDER BY version", (stream_id,))
+        return [_record(row) for row in rows]
+
+    async def find(self, event_id: str) -> Record | None:
+        rows = await self._fetch(f"{_SELECT} WHERE event_id = ?", (event_id,))
+        return _record(rows[0]) if rows else None
+
+    async def record_at(self, position: int) -> Record | None:
+        rows = await self._fetch(f"{_SELECT} WHERE position = ?", (position,))
+        return _record(rows[0]) if rows else None
+
+    async def head(self) -> Head:
+        rows = await self._fetch(
+            "SELECT position, hash, recorded_at FROM records ORDER BY position DESC LIMIT 1"
+        )
+        if not rows:
+            return Head(0, GENESIS, None)
+        position, digest, recorded_at = rows[0]
+        return Head(position, digest, _parse_time(recorded_at))
+
+    async def subscribe(self, start: int = 1) -> AsyncIterator[Record]:
+        """Records from ``start`` on, forever: those written later too, by any process."""
+        position = max(start, 1)
+        while not self._closed:
+            assert self._appended is not None
+            self._appended.clear()
+            async for record in self.read(position):
+                yield record
+                position = record.position + 1
+            try:
+                await asyncio.wait_for(self._appended.wait(), self.poll_interval)
+            except TimeoutError:
+                pass
+
+    async def load_checkpoints(self) -> dict[str, Checkpoint]:
+        rows = await self._fetch(
+            "SELECT name, identity, position, hash, state, digest, saved_at FROM checkpoints"
+        )
+        return {
+            row[0]: Checkpoint(row[0], row[1], row[2], row[3], bytes(row[4]), row[5], _parse_time(row[6]))
+            for row in rows
+        }
+
+    async def ledger_id(self) -> str:
+        rows = await self._fetch("SELECT value FROM ledger WHERE key = 'ledger_id'")
+        return str(rows[0][0])
+
+
+def migrate(conn: sqlite3.Connection, path: str, clock: Clock) -> None:
+    """Bring a file's schema to ``SCHEMA_VERSION``; refuse foreign and newer files."""
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        (application,) = conn.execute("PRAGMA application_id").fetchone()
+        if version == 0:
+            (tables,) = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            if tables:
+                raise IncompatibleStore(f"{path} is a SQLite file but not a tradeledger")
+        elif application != APPLICATION_ID:
+            raise IncompatibleStore(f"{path} is a SQLite file but not a tradeledger")
+        if version > SCHEMA_VERSION:
+            raise IncompatibleStore(
+                f"{path} has schema {version}; this tradeledger knows up to {SCHEMA_VERSION}: upgrade it"
+            )
+        for number in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[number].split(";\n"):
+                if statement.strip():
+                    conn.execute(statement)
+            if number == 0:
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                conn.executemany(
+                    "INSERT INTO ledger (key, value) VALUES (?, ?)",
+                    [("ledger_id", str(uuid.uuid4())), ("created_at", timestamp(clock()))],
+                )
+        if version != SCHEMA_VERSION:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise

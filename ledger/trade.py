@@ -1,0 +1,319 @@
+"""The one fold of a trade's stream into its state, and the rules it enforces.
+
+Accounting is exact ``Decimal`` in the library's own context (``CONTEXT``),
+never the caller's. With d = +1 for long and -1 for short, m the multiplier,
+Q the open quantity and C its open cost:
+
+- an entry fill of q at p: C += q*p, Q += q (fees are not part of C);
+- an exit fill of q at p releases r = C*q/Q (r = C when q = Q), books gross
+  m*d*(q*p - r), then C -= r, Q -= q; exits never move the average entry C/Q;
+- fees are every fill fee plus every FeeCharged; funding every FundingApplied;
+- net = gross - fees + funding.
+
+The rules refuse what cannot happen: opening an existing trade, any event for
+a trade that does not exist or after its close, reducing by more than is open.
+A reduce of exactly the open quantity closes the trade.
+
+    >>> state = None
+    >>> for event in trade_events:  # doctest: +SKIP
+    ...     state = evolve(state, event)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+from decimal import Decimal
+
+import msgspec
+
+from ledger.errors import InvalidEvent
+from ledger.events import (
+    CLOSE_REASONS,
+    Event,
+    FeeCharged,
+    FundingApplied,
+    SignalEmitted,
+    StopMoved,
+    TargetMoved,
+    TradeClosed,
+    TradeEvent,
+    TradeIncreased,
+    TradeOpened,
+    TradeReduced,
+)
+
+__all__ = ["CONTEXT", "StreamState", "TradeState", "evolve", "fold"]
+
+CONTEXT = decimal.Context(
+    prec=80,
+    rounding=decimal.ROUND_HALF_EVEN,
+    Emax=999_999,
+    Emin=-999_999,
+    traps=[decimal.InvalidOperation, decimal.DivisionByZero, decimal.Overflow],
+)
+
+_ZERO = Decimal(0)
+
+
+class TradeState(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the log says about one trade, as of its last event."""
+
+    trade_id: str
+    symbol: str
+    side: str
+    currency: str
+    multiplier: Decimal
+    leverage: Decimal
+    margin: Decimal | None
+    quantity: Decimal
+    cost: Decimal
+    gross: Decimal = _ZERO
+    fees: Decimal = _ZERO
+    funding: Decimal = _ZERO
+    entry_quantity: Decimal
+    entry_cost: Decimal
+    exit_quantity: Decimal = _ZERO
+    exit_value: Decimal = _ZERO
+    initial_quantity: Decimal
+    initial_price: Decimal
+    initial_stop: Decimal | None
+    stop_price: Decimal | None
+    target_price: Decimal | None
+    trailing_pct: Decimal | None
+    opened_at: dt.datetime
+    updated_at: dt.datetime
+    closed_at: dt.datetime | None = None
+    close_reason: str | None = None
+    events: int = 1
+    signal_id: str | None = None
+    account: str | None = None
+    strategy: str | None = None
+    model: str | None = None
+    confidence: Decimal | None = None
+    regime: str | None = None
+    session: str | None = None
+    pattern: str | None = None
+
+    @property
+    def closed(self) -> bool:
+        """Whether the trade has been closed."""
+        return self.closed_at is not None
+
+    @property
+    def direction(self) -> int:
+        """+1 for long, -1 for short."""
+        return 1 if self.side == "long" else -1
+
+    @property
+    def average_entry(self) -> Decimal | None:
+        """C/Q while open; the average entry of all entry fills once closed."""
+        with decimal.localcontext(CONTEXT):
+            if self.quantity:
+                return self.cost / self.quantity
+            return self.entry_cost / self.entry_quantity
+
+    @property
+    def average_exit(self) -> Decimal | None:
+        """The quantity-weighted average exit price, None before any exit."""
+        if not self.exit_quantity:
+            return None
+        with decimal.localcontext(CONTEXT):
+            return self.exit_value / self.exit_quantity
+
+    @property
+    def net(self) -> Decimal:
+        """Realized net so far: gross - fees + funding."""
+        with decimal.localcontext(CONTEXT):
+            return self.gross - self.fees + self.funding
+
+    @property
+    def invested(self) -> Decimal:
+        """The sum over entry fills of q*p*m."""
+        with decimal.localcontext(CONTEXT):
+            return self.entry_cost * self.multiplier
+
+    @property
+    def margin_used(self) -> Decimal:
+        """The margin given at the open, else invested / leverage."""
+        if self.margin is not None:
+            return self.margin
+        with decimal.localcontext(CONTEXT):
+            return self.invested / self.leverage
+
+    @property
+    def return_fraction(self) -> Decimal:
+        """net / invested."""
+        with decimal.localcontext(CONTEXT):
+            return self.net / self.invested
+
+    @property
+    def roe(self) -> Decimal:
+        """net / margin."""
+        with decimal.localcontext(CONTEXT):
+            return self.net / self.margin_used
+
+    @property
+    def initial_risk(self) -> Decimal | None:
+        """q0*m*|price0 - stop0| from the open; None without an initial stop."""
+        if self.initial_stop is None:
+            return None
+        with decimal.localcontext(CONTEXT):
+            return self.initial_quantity * self.multiplier * abs(self.initial_price - self.initial_stop)
+
+    @property
+    def r_multiple(self) -> Decimal | None:
+        """net / initial risk; None without an initial stop or with zero risk."""
+        risk = self.initial_risk
+        if not risk:
+            return None
+        with decimal.localcontext(CONTEXT):
+            return self.net / risk
+
+    @property
+    def outcome(self) -> str:
+        """win (net > 0), loss (net < 0) or breakeven (net exactly 0)."""
+        net = self.net
+        return "win" if net > 0 else "loss" if net < 0 else "breakeven"
+
+    @property
+    def holding_seconds(self) -> Decimal | None:
+        """Open to close in seconds; None while open."""
+        if self.closed_at is None:
+            return None
+        delta = self.closed_at - self.opened_at
+        return Decimal(delta.days * 86_400 + delta.seconds) + Decimal(delta.microseconds) / 1_000_000
+
+
+def _refuse(message: str, rule: str, field: str | None = None) -> InvalidEvent:
+    return InvalidEvent(message, field=field, rule=rule)
+
+
+def _open(event: TradeOpened) -> TradeState:
+    with decimal.localcontext(CONTEXT):
+        cost = event.quantity * event.price
+    return TradeState(
+        trade_id=event.trade_id,
+        symbol=event.symbol,
+        side=event.side,
+        currency=event.currency,
+        multiplier=event.multiplier,
+        leverage=event.leverage,
+        margin=event.margin,
+        quantity=event.quantity,
+        cost=cost,
+        fees=event.fee,
+        entry_quantity=event.quantity,
+        entry_cost=cost,
+        initial_quantity=event.quantity,
+        initial_price=event.price,
+        initial_stop=event.stop_price,
+        stop_price=event.stop_price,
+        target_price=event.target_price,
+        trailing_pct=event.trailing_pct,
+        opened_at=event.occurred_at,
+        updated_at=event.occurred_at,
+        signal_id=event.signal_id,
+        account=event.account,
+        strategy=event.strategy,
+        model=event.model,
+        confidence=event.confidence,
+        regime=event.regime,
+        session=event.session,
+        pattern=event.pattern,
+    )
+
+
+def _exit(
+    state: TradeState, quantity: Decimal, price: Decimal, fee: Decimal, at: dt.datetime
+) -> dict[str, object]:
+    with decimal.localcontext(CONTEXT):
+        if quantity == state.quantity:
+            released = state.cost
+        else:
+            released = state.cost * quantity / state.quantity
+        gross = state.multiplier * state.direction * (quantity * price - released)
+        return {
+            "quantity": state.quantity - quantity,
+            "cost": state.cost - released,
+            "gross": state.gross + gross,
+            "fees": state.fees + fee,
+            "exit_quantity": state.exit_quantity + quantity,
+            "exit_value": state.exit_value + quantity * price,
+            "updated_at": at,
+        }
+
+
+def evolve(state: TradeState | None, event: TradeEvent) -> TradeState:
+    """The trade after ``event``; raises :class:`InvalidEvent` naming the broken rule."""
+    if isinstance(event, TradeOpened):
+        if state is not None:
+            raise _refuse(f"trade {event.trade_id!r} already exists", "trade_exists", "trade_id")
+        return _open(event)
+    if state is None:
+        raise _refuse(f"trade {event.trade_id!r} does not exist", "unknown_trade", "trade_id")
+    if state.closed_at is not None:
+        raise _refuse(f"trade {event.trade_id!r} is already closed", "trade_closed", "trade_id")
+    at = event.occurred_at
+    changes: dict[str, object]
+    if isinstance(event, TradeIncreased):
+        with decimal.localcontext(CONTEXT):
+            value = event.quantity * event.price
+            changes = {
+                "quantity": state.quantity + event.quantity,
+                "cost": state.cost + value,
+                "entry_quantity": state.entry_quantity + event.quantity,
+                "entry_cost": state.entry_cost + value,
+                "fees": state.fees + event.fee,
+                "updated_at": at,
+            }
+    elif isinstance(event, TradeReduced):
+        if event.quantity > state.quantity:
+            raise _refuse(
+                f"cannot reduce {event.quantity}: only {state.quantity} is open",
+                "over_reduce",
+                "quantity",
+            )
+        changes = _exit(state, event.quantity, event.price, event.fee, at)
+        if event.quantity == state.quantity:
+            reason = event.reason if event.reason in CLOSE_REASONS else "other"
+            changes |= {"closed_at": at, "close_reason": reason}
+    elif isinstance(event, TradeClosed):
+        changes = _exit(state, state.quantity, event.price, event.fee, at)
+        changes |= {"closed_at": at, "close_reason": event.reason}
+    elif isinstance(event, StopMoved):
+        changes = {"stop_price": event.stop_price, "updated_at": at}
+    elif isinstance(event, TargetMoved):
+        changes = {"target_price": event.target_price, "updated_at": at}
+    elif isinstance(event, FeeCharged):
+        with decimal.localcontext(CONTEXT):
+            changes = {"fees": state.fees + event.amount, "updated_at": at}
+    elif isinstance(event, FundingApplied):
+        with decimal.localcontext(CONTEXT):
+            changes = {"funding": state.funding + event.amount, "updated_at": at}
+    else:
+        raise _refuse(f"unknown trade event {type(event).__name__}", "unknown_type", "type")
+    changes["events"] = state.events + 1
+    return msgspec.structs.replace(state, **changes)  # type: ignore[arg-type]
+
+
+StreamState = TradeState | SignalEmitted | None
+
+
+def fold(state: StreamState, event: Event) -> StreamState:
+    """The state of any stream after ``event``: the rules every store enforces.
+
+    Trade streams fold into :class:`TradeState`; a signal stream holds its one
+    signal; the parameters stream has no state.
+    """
+    if isinstance(event, TradeEvent):
+        if state is not None and not isinstance(state, TradeState):
+            raise _refuse("stream is not a trade", "stream_kind")
+        return evolve(state, event)
+    if isinstance(event, SignalEmitted):
+        if state is not None:
+            raise _refuse(
+                f"signal {event.signal_id!r} was already emitted", "signal_exists", "signal_id"
+            )
+        return event
+    return None
