@@ -1,9 +1,9 @@
 """tradeledger: an event-sourced trade ledger for trading bots.
 
-    from ledger import open_ledger, TradeOpened
+from ledger import open_ledger, TradeOpened
 
-    async with open_ledger("sqlite:///bot.db") as book:
-        record = await book.record(TradeOpened(...))
+async with open_ledger("sqlite:///bot.db") as book:
+    record = await book.record(TradeOpened(...))
 """
 
 from ledger.book import Append, Ledger, open_ledger

@@ -1,7 +1,7 @@
 """The ledger: validate an event, give it its idempotency key, append it durably.
 
-    async with open_ledger("sqlite:///bot.db") as book:
-        record = await book.record(TradeOpened(...))
+async with open_ledger("sqlite:///bot.db") as book:
+    record = await book.record(TradeOpened(...))
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ __all__ = ["Append", "Ledger", "open_ledger"]
 
 def utc_now() -> dt.datetime:
     """The wall clock, in UTC."""
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class Append(msgspec.Struct, frozen=True):
@@ -126,9 +126,7 @@ class Ledger:
         ``ConcurrencyError``, ``IdempotencyConflict``, ``StoreUnavailable`` or
         ``OutcomeUnknown``; on any of them but the last, nothing was written.
         """
-        (record,) = await self.record_batch(
-            [Append(event, expected_version, event_id, metadata)]
-        )
+        (record,) = await self.record_batch([Append(event, expected_version, event_id, metadata)])
         return record
 
     async def record_batch(self, items: Sequence[Event | Append]) -> list[Record]:
@@ -187,7 +185,7 @@ class Ledger:
 def open_ledger(url: str, *, timeout: float = 5.0, clock: Clock | None = None) -> Ledger:
     """A ledger on ``url``, opened by ``async with`` or ``await``.
 
-        async with open_ledger("sqlite:///bot.db") as book:
-            await book.record(event)
+    async with open_ledger("sqlite:///bot.db") as book:
+        await book.record(event)
     """
     return Ledger(url, timeout=timeout, clock=clock)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from typing import Any
 
 import msgspec
 
@@ -20,7 +21,7 @@ _encode = msgspec.json.Encoder().encode
 
 def timestamp(moment: dt.datetime) -> str:
     """The one text form of an instant: UTC, microseconds, ``Z``."""
-    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def record_hash(
@@ -52,3 +53,37 @@ def record_hash(
         ]
     )
     return hashlib.sha256(bytes.fromhex(prev_hash) + body).hexdigest()
+
+
+class ChainBreak(msgspec.Struct, frozen=True):
+    """The first place a log stops being the chain it claims to be."""
+
+    position: int
+    reason: str
+
+
+def check_link(record: Any, prev_position: int, prev_hash: str) -> ChainBreak | None:
+    """Whether ``record`` follows ``(prev_position, prev_hash)`` and hashes to its ``hash``."""
+    if record.position != prev_position + 1:
+        return ChainBreak(
+            prev_position + 1,
+            f"position {prev_position + 1} is missing: the next record is at {record.position}",
+        )
+    if record.prev_hash != prev_hash:
+        return ChainBreak(record.position, "prev_hash does not match the previous record's hash")
+    expected = record_hash(
+        prev_hash,
+        record.position,
+        record.stream_id,
+        record.version,
+        record.event_id,
+        record.type,
+        record.schema_version,
+        record.occurred_at,
+        record.recorded_at,
+        record.data,
+        record.metadata,
+    )
+    if expected != record.hash:
+        return ChainBreak(record.position, "the record's content does not match its hash")
+    return None

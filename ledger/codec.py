@@ -30,7 +30,7 @@ _data_encoder = msgspec.json.Encoder(order="sorted")
 # Metadata is free JSON: numbers stay exact numbers both ways.
 _meta_encoder = msgspec.json.Encoder(order="sorted", decimal_format="number")
 _meta_decoder = msgspec.json.Decoder(dict[str, Any], float_hook=Decimal)
-_event_decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(AnyEvent)  # type: ignore[arg-type]
+_event_decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(AnyEvent)
 _dict_decoder = msgspec.json.Decoder(dict[str, Any])
 
 _NO_METADATA = "{}"

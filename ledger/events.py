@@ -82,7 +82,7 @@ CLOSE_REASONS: frozenset[str] = frozenset(typing.get_args(CloseReason))
 MAX_DIGITS = 32
 MAX_METADATA_BYTES = 16_384
 MAX_METADATA_DEPTH = 8
-EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 MAX_CLOCK_SKEW = dt.timedelta(days=1)
 
 _WIDE = decimal.Context(prec=200, Emax=999_999, Emin=-999_999)
@@ -278,7 +278,7 @@ def natural_event_id(event: Event) -> str | None:
 
 
 def _iso(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _kinds(cls: type[Event]) -> dict[str, str | None]:
@@ -322,13 +322,16 @@ def validate(event: object, *, now: dt.datetime | None = None) -> Event:
     cls = type(event)
     for name, kind in _FIELD_KINDS[cls].items():
         value = getattr(event, name)
-        if kind in (_POSITIVE, _SIGNED, _UNIT) and value is not None:
-            if not isinstance(value, Decimal):
-                raise InvalidEvent(
-                    f"{name} must be a Decimal, got {type(value).__name__}",
-                    field=name,
-                    rule="decimal",
-                )
+        if (
+            kind in (_POSITIVE, _SIGNED, _UNIT)
+            and value is not None
+            and not isinstance(value, Decimal)
+        ):
+            raise InvalidEvent(
+                f"{name} must be a Decimal, got {type(value).__name__}",
+                field=name,
+                rule="decimal",
+            )
     if not isinstance(event.occurred_at, dt.datetime):
         raise InvalidEvent("occurred_at must be a datetime", field="occurred_at", rule="schema")
     try:
@@ -364,16 +367,14 @@ def _field_from(message: str) -> str | None:
 
 def _check_decimal(name: str, value: Decimal, kind: str | None) -> Decimal:
     if not value.is_finite():
-        raise InvalidEvent(f"{name} must be a finite number, got {value}", field=name, rule="finite")
-    if len(value.as_tuple().digits) > MAX_DIGITS or abs(value.adjusted()) > MAX_DIGITS:
         raise InvalidEvent(
-            f"{name} has more than {MAX_DIGITS} digits", field=name, rule="digits"
+            f"{name} must be a finite number, got {value}", field=name, rule="finite"
         )
+    if len(value.as_tuple().digits) > MAX_DIGITS or abs(value.adjusted()) > MAX_DIGITS:
+        raise InvalidEvent(f"{name} has more than {MAX_DIGITS} digits", field=name, rule="digits")
     fixed = canonical_decimal(value)
     if len(fixed.as_tuple().digits) > MAX_DIGITS:
-        raise InvalidEvent(
-            f"{name} has more than {MAX_DIGITS} digits", field=name, rule="digits"
-        )
+        raise InvalidEvent(f"{name} has more than {MAX_DIGITS} digits", field=name, rule="digits")
     if kind == _POSITIVE and fixed <= 0:
         raise InvalidEvent(f"{name} must be > 0, got {fixed}", field=name, rule="positive")
     if kind == _UNIT and not 0 <= fixed <= 1:
@@ -387,7 +388,7 @@ def _check_time(moment: dt.datetime, now: dt.datetime | None) -> dt.datetime:
     offset = moment.utcoffset()
     if offset is None:
         raise InvalidEvent("occurred_at must be timezone-aware", field="occurred_at", rule="tz")
-    utc = moment.astimezone(dt.timezone.utc)
+    utc = moment.astimezone(dt.UTC)
     if utc < EARLIEST:
         raise InvalidEvent(
             f"occurred_at {utc.isoformat()} is before 1970", field="occurred_at", rule="range"

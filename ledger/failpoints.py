@@ -20,7 +20,14 @@ import time
 
 ENV = "TRADELEDGER_FAILPOINTS"
 POINTS = frozenset(
-    {"after_begin", "after_insert", "before_commit", "after_commit", "checkpoint_write", "spool_drain"}
+    {
+        "after_begin",
+        "after_insert",
+        "before_commit",
+        "after_commit",
+        "checkpoint_write",
+        "spool_drain",
+    }
 )
 
 

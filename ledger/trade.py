@@ -159,7 +159,11 @@ class TradeState(msgspec.Struct, frozen=True, kw_only=True):
         if self.initial_stop is None:
             return None
         with decimal.localcontext(CONTEXT):
-            return self.initial_quantity * self.multiplier * abs(self.initial_price - self.initial_stop)
+            return (
+                self.initial_quantity
+                * self.multiplier
+                * abs(self.initial_price - self.initial_stop)
+            )
 
     @property
     def r_multiple(self) -> Decimal | None:
@@ -182,7 +186,9 @@ class TradeState(msgspec.Struct, frozen=True, kw_only=True):
         if self.closed_at is None:
             return None
         delta = self.closed_at - self.opened_at
-        return Decimal(delta.days * 86_400 + delta.seconds) + Decimal(delta.microseconds) / 1_000_000
+        return (
+            Decimal(delta.days * 86_400 + delta.seconds) + Decimal(delta.microseconds) / 1_000_000
+        )
 
 
 def _refuse(message: str, rule: str, field: str | None = None) -> InvalidEvent:
@@ -294,7 +300,7 @@ def evolve(state: TradeState | None, event: TradeEvent) -> TradeState:
     else:
         raise _refuse(f"unknown trade event {type(event).__name__}", "unknown_type", "type")
     changes["events"] = state.events + 1
-    return msgspec.structs.replace(state, **changes)  # type: ignore[arg-type]
+    return msgspec.structs.replace(state, **changes)
 
 
 StreamState = TradeState | SignalEmitted | None

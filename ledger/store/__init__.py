@@ -5,7 +5,16 @@ from __future__ import annotations
 from ledger.failpoints import FailPoints
 from ledger.store.protocol import Checkpoint, Clock, EventStore, Head, Proposal, Rules
 
-__all__ = ["Checkpoint", "Clock", "EventStore", "Head", "Proposal", "Rules", "open_store", "safe_url"]
+__all__ = [
+    "Checkpoint",
+    "Clock",
+    "EventStore",
+    "Head",
+    "Proposal",
+    "Rules",
+    "open_store",
+    "safe_url",
+]
 
 
 def safe_url(url: str) -> str:

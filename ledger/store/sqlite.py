@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import os
 import sqlite3
@@ -209,7 +210,9 @@ class _Writer:
         )
         self.verified: set[str] = set()
         self.data_version = -1
-        self.thread = threading.Thread(target=self.run, name="tradeledger-sqlite-writer", daemon=True)
+        self.thread = threading.Thread(
+            target=self.run, name="tradeledger-sqlite-writer", daemon=True
+        )
 
     def submit(self, request: _Request) -> None:
         with self.lock:
@@ -354,7 +357,11 @@ class _Writer:
     def fail(self, requests: list[_Request], error: LedgerError, cause: BaseException) -> None:
         error.__cause__ = cause
         structlog.get_logger("tradeledger").error(
-            "store_fault", store="sqlite", path=self.store.path, error=str(cause), requests=len(requests)
+            "store_fault",
+            store="sqlite",
+            path=self.store.path,
+            error=str(cause),
+            requests=len(requests),
         )
         for request in requests:
             request.settle(error)
@@ -377,7 +384,9 @@ class _Writer:
         row = self.conn.execute(
             "SELECT position, hash, recorded_at FROM records ORDER BY position DESC LIMIT 1"
         ).fetchone()
-        self.head = Head(0, GENESIS, None) if row is None else Head(row[0], row[1], _parse_time(row[2]))
+        self.head = (
+            Head(0, GENESIS, None) if row is None else Head(row[0], row[1], _parse_time(row[2]))
+        )
 
     def remember(self, stream_id: str, entry: tuple[int, StreamState]) -> None:
         self.streams[stream_id] = entry
@@ -432,7 +441,9 @@ class _Writer:
                 raise ConcurrencyError(proposal.stream_id, expected, version)
             new_state = self.store.rules(state, proposal.event)
             head = stage.head
-            recorded_at = now if head.recorded_at is None or now > head.recorded_at else head.recorded_at
+            recorded_at = (
+                now if head.recorded_at is None or now > head.recorded_at else head.recorded_at
+            )
             record = make_record(head, proposal, version + 1, recorded_at)
             self.conn.execute(
                 _INSERT,
@@ -626,7 +637,15 @@ class SqliteStore:
             conn.executemany(
                 "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (c.name, c.identity, c.position, c.hash, c.state, c.digest, timestamp(c.saved_at))
+                    (
+                        c.name,
+                        c.identity,
+                        c.position,
+                        c.hash,
+                        c.state,
+                        c.digest,
+                        timestamp(c.saved_at),
+                    )
                     for c in checkpoints
                 ],
             )
@@ -696,17 +715,17 @@ class SqliteStore:
             async for record in self.read(position):
                 yield record
                 position = record.position + 1
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._appended.wait(), self.poll_interval)
-            except TimeoutError:
-                pass
 
     async def load_checkpoints(self) -> dict[str, Checkpoint]:
         rows = await self._fetch(
             "SELECT name, identity, position, hash, state, digest, saved_at FROM checkpoints"
         )
         return {
-            row[0]: Checkpoint(row[0], row[1], row[2], row[3], bytes(row[4]), row[5], _parse_time(row[6]))
+            row[0]: Checkpoint(
+                row[0], row[1], row[2], row[3], bytes(row[4]), row[5], _parse_time(row[6])
+            )
             for row in rows
         }
 
