@@ -6,10 +6,12 @@ async with open_ledger("sqlite:///bot.db") as book:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import uuid
 from collections.abc import Generator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
@@ -23,11 +25,15 @@ from ledger.errors import (
 )
 from ledger.events import Event, natural_event_id, stream_of, validate
 from ledger.failpoints import FailPoints
+from ledger.projection import StateProjection, TableProjection
 from ledger.record import Record
+from ledger.runner import Runner
 from ledger.store import Clock, EventStore, Proposal, open_store
 from ledger.trade import fold
 
 __all__ = ["Append", "Ledger", "open_ledger"]
+
+P = TypeVar("P")
 
 
 def utc_now() -> dt.datetime:
@@ -55,14 +61,22 @@ class Ledger:
     def __init__(
         self,
         url: str,
+        projections: Sequence[StateProjection | TableProjection] = (),
         *,
         timeout: float = 5.0,
         clock: Clock | None = None,
+        checkpoint_every: int = 1000,
+        follow: bool = False,
     ) -> None:
         self.url = url
         self.timeout = timeout
         self.clock: Clock = clock or utc_now
+        self.checkpoint_every = checkpoint_every
+        self._projections = list(projections)
+        self._follow = follow
+        self._follower: asyncio.Task[None] | None = None
         self._store: EventStore | None = None
+        self._runner: Runner | None = None
         self._state = "new"
 
     @property
@@ -84,23 +98,63 @@ class Ledger:
             timeout=self.timeout,
             failpoints=FailPoints.from_env(),
         )
+        runner = Runner(
+            store,
+            store.read_model(),
+            self._projections,
+            clock=self.clock,
+            checkpoint_every=self.checkpoint_every,
+        )
         try:
             await store.open()
+            await runner.open()
         except BaseException:
             self._state = "closed"
             await store.aclose()
             raise
         self._store = store
+        self._runner = runner
         self._state = "open"
+        if self._follow and runner.active:
+            self._follower = asyncio.create_task(runner.follow())
         return self
 
     async def aclose(self) -> None:
-        """Close the store; safe to call twice."""
+        """Checkpoint the views and close the store; safe to call twice."""
         if self._state == "closed":
             return
-        self._state = "closed"
-        if self._store is not None:
-            await self._store.aclose()
+        self._state = "closing"
+        try:
+            if self._follower is not None:
+                self._follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._follower
+            if self._runner is not None:
+                await self._runner.aclose()
+        finally:
+            self._state = "closed"
+            if self._store is not None:
+                await self._store.aclose()
+
+    @property
+    def runner(self) -> Runner:
+        """The runner that keeps this ledger's views."""
+        self.store  # noqa: B018 - raises unless open
+        assert self._runner is not None
+        return self._runner
+
+    def view(self, cls: type[P]) -> P:
+        """The live projection of class ``cls`` registered with this ledger."""
+        return self.runner.view(cls)
+
+    async def refresh(self) -> None:
+        """Bring the views up to date with records appended by other processes."""
+        await self.runner.refresh()
+
+    async def checkpoint(self) -> None:
+        """Save the state views' checkpoints now (they are also saved every
+        ``checkpoint_every`` records and on close)."""
+        await self.runner.checkpoint()
 
     async def __aenter__(self) -> Ledger:
         return await self.open()
@@ -140,12 +194,14 @@ class Ledger:
             ]
             if not proposals:
                 raise InvalidEvent("the batch is empty", rule="empty_batch")
-            return await store.append(proposals)
+            records = await store.append(proposals)
         except (InvalidEvent, ConcurrencyError, IdempotencyConflict) as refused:
             structlog.get_logger("tradeledger").info(
                 "refused", error=type(refused).__name__, reason=str(refused)
             )
             raise
+        await self.runner.offer(records)
+        return records
 
     def _propose(self, item: Append, now: dt.datetime) -> Proposal:
         event = item.event
@@ -182,10 +238,30 @@ class Ledger:
         )
 
 
-def open_ledger(url: str, *, timeout: float = 5.0, clock: Clock | None = None) -> Ledger:
-    """A ledger on ``url``, opened by ``async with`` or ``await``.
+def open_ledger(
+    url: str,
+    projections: Sequence[StateProjection | TableProjection] = (),
+    *,
+    timeout: float = 5.0,
+    clock: Clock | None = None,
+    checkpoint_every: int = 1000,
+    follow: bool = False,
+) -> Ledger:
+    """A ledger on ``url`` with its views, opened by ``async with`` or ``await``.
 
-    async with open_ledger("sqlite:///bot.db") as book:
-        await book.record(event)
+    ``timeout`` bounds every store operation; views are checkpointed every
+    ``checkpoint_every`` records and on close; ``follow`` keeps them current
+    with other processes' appends in the background (else call ``refresh``).
+
+        async with open_ledger("sqlite:///bot.db", projections.standard()) as book:
+            await book.record(event)
+            book.view(OpenPositions).positions()
     """
-    return Ledger(url, timeout=timeout, clock=clock)
+    return Ledger(
+        url,
+        projections,
+        timeout=timeout,
+        clock=clock,
+        checkpoint_every=checkpoint_every,
+        follow=follow,
+    )

@@ -5,6 +5,7 @@
     ├── ConcurrencyError      the stream was not at the expected version; nothing was written
     ├── IdempotencyConflict   the event_id is in the log with a different payload
     ├── IncompatibleStore     not a ledger, or written by a newer tradeledger
+    ├── IntegrityError        the log contradicts its checkpoints, anchors or hash chain
     ├── LedgerClosed          the ledger was used after aclose(), or opened twice
     ├── ProjectionFaulted     a view failed after an append; rebuild it
     └── StoreError            the store could not do what was asked
@@ -57,6 +58,10 @@ class IdempotencyConflict(LedgerError):
 
 class IncompatibleStore(LedgerError):
     """The location holds no ledger, or one written by a newer tradeledger."""
+
+
+class IntegrityError(LedgerError):
+    """The log contradicts its own checkpoints, an anchor or its hash chain."""
 
 
 class LedgerClosed(LedgerError):

@@ -9,6 +9,7 @@ from typing import Protocol
 import msgspec
 
 from ledger.events import Event
+from ledger.projection import ReadModel
 from ledger.record import Record
 from ledger.trade import StreamState
 
@@ -84,3 +85,7 @@ class EventStore(Protocol):
     async def load_checkpoints(self) -> dict[str, Checkpoint]: ...
 
     async def ledger_id(self) -> str: ...
+
+    def read_model(self) -> ReadModel:
+        """Where table projections keep their rows for this store."""
+        ...

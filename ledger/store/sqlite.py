@@ -134,16 +134,18 @@ def _path_from_url(url: str) -> str:
 class _Request:
     """One caller's atomic batch, or one piece of maintenance work, for the writer."""
 
-    __slots__ = ("batch", "future", "loop", "state", "work")
+    __slots__ = ("batch", "durable", "future", "loop", "state", "work")
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         batch: Sequence[Proposal] = (),
         work: Callable[[sqlite3.Connection], Any] | None = None,
+        durable: bool = True,
     ) -> None:
         self.batch = batch
         self.work = work
+        self.durable = durable
         self.loop = loop
         self.future: asyncio.Future[Any] = loop.create_future()
         self.state = _QUEUED
@@ -276,20 +278,32 @@ class _Writer:
     def run_work(self, request: _Request) -> None:
         work = request.work
         assert work is not None
-        if self.begin([request]) is None:
-            return
+        if not request.durable:
+            # Read models are rebuildable from the log: their commits skip the fsync;
+            # the next durable commit flushes the WAL they sit in.
+            self.conn.execute("PRAGMA synchronous = NORMAL")
         try:
-            result = work(self.conn)
-            self.conn.execute("COMMIT")
-        except (sqlite3.Error, OSError) as e:
-            self.rollback()
-            self.fail([request], StoreUnavailable(f"write to {self.store.path} failed: {e}"), e)
-            return
-        except LedgerError as e:
-            self.rollback()
-            request.settle(e)
-            return
-        request.settle(result)
+            live = self.begin([request])
+            if live is None:
+                return
+            if not live:
+                self.rollback()
+                return
+            try:
+                result = work(self.conn)
+                self.conn.execute("COMMIT")
+            except (sqlite3.Error, OSError) as e:
+                self.rollback()
+                self.fail([request], StoreUnavailable(f"write to {self.store.path} failed: {e}"), e)
+                return
+            except BaseException as e:
+                self.rollback()
+                request.settle(e)
+                return
+            request.settle(result)
+        finally:
+            if not request.durable:
+                self.conn.execute("PRAGMA synchronous = FULL")
 
     def commit_group(self, group: list[_Request]) -> None:
         started = time.perf_counter()
@@ -652,10 +666,25 @@ class SqliteStore:
 
         await self._submit(writer, _Request(asyncio.get_running_loop(), work=work))
 
-    async def write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        """Run ``work`` on the write connection in a transaction of its own."""
+    async def transact(
+        self, work: Callable[[sqlite3.Connection], Any], *, durable: bool = True
+    ) -> Any:
+        """Run ``work`` on the write connection in a transaction of its own.
+
+        ``durable=False`` skips the fsync at commit: for read models, which the
+        log can always rebuild.
+        """
         writer, _ = self._live()
-        return await self._submit(writer, _Request(asyncio.get_running_loop(), work=work))
+        request = _Request(asyncio.get_running_loop(), work=work, durable=durable)
+        return await self._submit(writer, request)
+
+    def read_model(self) -> SqliteStore:
+        """Table projections live in the ledger's own file."""
+        return self
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Rows of a read-only query on the ledger file."""
+        return await self._fetch(sql, params)
 
     # reads
 

@@ -1,0 +1,127 @@
+"""What a projection is: a reducer over records, fed in log order by the runner.
+
+Two kinds:
+
+- :class:`StateProjection` keeps small, bounded state in memory and
+  snapshots it to bytes for checkpoints (``snapshot``/``restore``).
+- :class:`TableProjection` keeps history-shaped views in SQLite tables of the
+  read model. ``apply`` only buffers; the runner calls ``flush`` inside the
+  transaction that also stores the projection's position, so rows and
+  position never disagree. Its queries are indexed SQL through ``self.db``.
+
+Every projection receives a :class:`Step` per record: the record, its decoded
+event, and for trade events the trade's state before and after it, from the
+one fold in ``ledger.trade`` (computed once per record by the runner).
+"""
+
+from __future__ import annotations
+
+import abc
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Protocol
+
+import msgspec
+
+from ledger.errors import ProjectionFaulted
+from ledger.events import Event
+from ledger.record import Record
+from ledger.trade import TradeState
+
+__all__ = ["ReadModel", "StateProjection", "Step", "TableProjection"]
+
+
+class Step(msgspec.Struct, frozen=True):
+    """One record as projections see it."""
+
+    record: Record
+    event: Event
+    before: TradeState | None = None
+    after: TradeState | None = None
+
+
+class ReadModel(Protocol):
+    """Where table projections live: the ledger's own SQLite file, or a local file."""
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]: ...
+
+    async def transact(
+        self, work: Callable[[sqlite3.Connection], Any], *, durable: bool = True
+    ) -> Any: ...
+
+
+class _Projection(abc.ABC):
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+
+    _fault: str | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that shape this view; part of its checkpoint identity."""
+        return {}
+
+    def identity(self) -> str:
+        """Name, version and settings: a checkpoint is used only if this matches."""
+        settings = msgspec.json.encode(self.settings(), order="sorted").decode()
+        return f"{self.name}/v{self.version}/{settings}"
+
+    @abc.abstractmethod
+    def apply(self, step: Step) -> None:
+        """Fold one record into the view."""
+
+    @property
+    def faulted(self) -> str | None:
+        """Why the view is faulted, or None when it is sound."""
+        return self._fault
+
+    def fault(self, reason: str) -> None:
+        self._fault = reason
+
+    def clear_fault(self) -> None:
+        self._fault = None
+
+    def ready(self) -> None:
+        """Raise :class:`ProjectionFaulted` if the view cannot be trusted."""
+        if self._fault is not None:
+            raise ProjectionFaulted(f"{self.name} is faulted ({self._fault}); rebuild it")
+
+
+class StateProjection(_Projection):
+    """A view whose whole state is small enough to hold and snapshot."""
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Forget everything, ready to fold from position 1."""
+
+    @abc.abstractmethod
+    def snapshot(self) -> bytes:
+        """The whole state as bytes."""
+
+    @abc.abstractmethod
+    def restore(self, data: bytes) -> None:
+        """Take the state back from ``snapshot()``'s bytes."""
+
+
+class TableProjection(_Projection):
+    """A view stored as rows in the read model, queried with SQL."""
+
+    tables: ClassVar[tuple[str, ...]] = ()
+    db: ReadModel
+
+    @abc.abstractmethod
+    def setup(self, conn: sqlite3.Connection) -> None:
+        """Create the tables if missing and load whatever small state ``apply`` needs."""
+
+    def reset(self, conn: sqlite3.Connection) -> None:
+        """Delete every row, ready to fold from position 1."""
+        for table in self.tables:
+            conn.execute(f"DELETE FROM {table}")
+        self.setup(conn)
+
+    @abc.abstractmethod
+    def flush(self, conn: sqlite3.Connection) -> None:
+        """Write what ``apply`` buffered, inside the runner's transaction."""
+
+    @abc.abstractmethod
+    def discard(self) -> None:
+        """Drop what ``apply`` buffered (the transaction failed)."""

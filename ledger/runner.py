@@ -1,0 +1,411 @@
+"""The projection runner: keeps registered views current, checkpointed and honest.
+
+Every record reaches every registered projection once, in log order, right
+after it is durable. The per-trade fold runs once per record here and its
+before/after states ride along in each :class:`~ledger.projection.Step`.
+
+On open, a state projection's checkpoint is used only if its identity matches,
+its digest checks and the log still holds its hash at its position; a table
+projection resumes from the position stored beside its rows under the same
+checks. Anything else is discarded with a log line and rebuilt from position
+1. A projection that raises is marked faulted; the append that fed it stands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import sqlite3
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import msgspec
+import structlog
+
+from ledger.chain import GENESIS
+from ledger.errors import IntegrityError, LedgerError
+from ledger.events import TradeEvent
+from ledger.projection import ReadModel, StateProjection, Step, TableProjection
+from ledger.record import Record
+from ledger.store import Checkpoint, Clock, EventStore
+from ledger.trade import TradeState, evolve
+
+__all__ = ["Runner", "TradeFold"]
+
+P = TypeVar("P")
+
+_FLUSH_EVERY = 2000
+_POSITIONS = """
+CREATE TABLE IF NOT EXISTS projection_positions (
+    name TEXT PRIMARY KEY,
+    identity TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    hash TEXT NOT NULL
+)
+"""
+
+
+def digest(state: bytes) -> str:
+    """The SHA-256 of a snapshot, stored beside it."""
+    return hashlib.sha256(state).hexdigest()
+
+
+class TradeFold(StateProjection):
+    """The open trades, folded once per record for every projection to share."""
+
+    name = "_trades"
+    version = 1
+
+    def __init__(self) -> None:
+        self.open: dict[str, TradeState] = {}
+
+    def apply(self, step: Step) -> None:
+        """Unused: the runner calls :meth:`step_for`, which also makes the step."""
+
+    def step_for(self, record: Record) -> Step:
+        event = record.event
+        if not isinstance(event, TradeEvent):
+            return Step(record, event)
+        before = self.open.get(event.trade_id)
+        after = evolve(before, event)
+        if after.closed_at is None:
+            self.open[event.trade_id] = after
+        else:
+            self.open.pop(event.trade_id, None)
+        return Step(record, event, before, after)
+
+    def reset(self) -> None:
+        self.open = {}
+
+    def snapshot(self) -> bytes:
+        return msgspec.msgpack.encode(list(self.open.values()))
+
+    def restore(self, data: bytes) -> None:
+        trades = msgspec.msgpack.decode(data, type=list[TradeState])
+        self.open = {trade.trade_id: trade for trade in trades}
+
+
+class Runner:
+    """Feeds records to projections and keeps their checkpoints."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        read_model: ReadModel,
+        projections: Sequence[StateProjection | TableProjection],
+        *,
+        clock: Clock,
+        checkpoint_every: int = 1000,
+    ) -> None:
+        names = [p.name for p in projections]
+        if len(set(names)) != len(names):
+            raise ValueError(f"projection names must be unique: {names}")
+        self.store = store
+        self.read_model = read_model
+        self.projections = list(projections)
+        self.states = [p for p in projections if isinstance(p, StateProjection)]
+        self.tables = [p for p in projections if isinstance(p, TableProjection)]
+        self.clock = clock
+        self.checkpoint_every = checkpoint_every
+        self.fold = TradeFold()
+        self.position = 0
+        self.hash = GENESIS
+        self._at: dict[str, int] = {}
+        self._fold_at = 0
+        self._lock = asyncio.Lock()
+        self._pending: dict[int, Record] = {}
+        self._dirty = False
+        self._checkpointed = 0
+        self._saving: asyncio.Task[None] | None = None
+        self._log = structlog.get_logger("tradeledger")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.projections)
+
+    def view(self, cls: type[P]) -> P:
+        for projection in self.projections:
+            if type(projection) is cls:
+                return projection
+        raise LedgerError(f"no {cls.__name__} projection is registered with this ledger")
+
+    # opening
+
+    async def open(self) -> None:
+        if not self.active:
+            return
+        for table in self.tables:
+            table.db = self.read_model
+        stored = await self.read_model.transact(self._setup_tables, durable=False)
+        head = await self.store.head()
+        checkpoints = await self.store.load_checkpoints()
+        for checkpoint in checkpoints.values():
+            if checkpoint.position > head.position:
+                raise IntegrityError(
+                    f"the log ends at position {head.position} but checkpoint {checkpoint.name!r} "
+                    f"was taken at {checkpoint.position}: records were removed from the tail"
+                )
+        self._fold_at = await self._restore(self.fold, checkpoints.get(self.fold.name))
+        for state in self.states:
+            self._at[state.name] = await self._restore(state, checkpoints.get(state.name))
+        resets = []
+        for table in self.tables:
+            identity, position, digest_ = stored.get(table.name, (None, 0, GENESIS))
+            reason = None
+            if identity is not None and identity != table.identity():
+                reason = "its identity changed"
+            elif position > head.position:
+                raise IntegrityError(
+                    f"the log ends at position {head.position} but view {table.name!r} "
+                    f"was built to {position}: records were removed from the tail"
+                )
+            elif position and not await self._hash_matches(position, digest_):
+                reason = f"the log no longer has its hash at position {position}"
+            if reason is not None:
+                self._log.warning("view_rebuilt", view=table.name, reason=reason)
+                resets.append(table)
+                position = 0
+            self._at[table.name] = position
+        if resets:
+            await self.read_model.transact(lambda conn: self._reset_tables(conn, resets))
+        low = min(self._at.values())
+        if self._fold_at > low:
+            self.fold.reset()
+            self._fold_at = 0
+        self.position = min(low, self._fold_at)
+        if self.position:
+            record = await self.store.record_at(self.position)
+            self.hash = record.hash if record is not None else GENESIS
+        self._checkpointed = min([self._fold_at, *(self._at[s.name] for s in self.states)])
+        await self._catch_up(head.position)
+
+    def _setup_tables(self, conn: sqlite3.Connection) -> dict[str, tuple[str, int, str]]:
+        conn.execute(_POSITIONS)
+        for table in self.tables:
+            table.setup(conn)
+        rows = conn.execute("SELECT name, identity, position, hash FROM projection_positions")
+        return {name: (identity, position, digest_) for name, identity, position, digest_ in rows}
+
+    def _reset_tables(self, conn: sqlite3.Connection, tables: Sequence[TableProjection]) -> None:
+        for table in tables:
+            table.discard()
+            table.reset(conn)
+            table.clear_fault()
+            conn.execute("DELETE FROM projection_positions WHERE name = ?", (table.name,))
+
+    async def _hash_matches(self, position: int, expected: str) -> bool:
+        record = await self.store.record_at(position)
+        return record is not None and record.hash == expected
+
+    async def _restore(self, projection: StateProjection, checkpoint: Checkpoint | None) -> int:
+        projection.reset()
+        if checkpoint is None:
+            return 0
+        if checkpoint.identity != projection.identity():
+            reason = "its identity changed"
+        elif digest(checkpoint.state) != checkpoint.digest:
+            reason = "its digest does not match its state"
+        elif not await self._hash_matches(checkpoint.position, checkpoint.hash):
+            reason = f"the log no longer has its hash at position {checkpoint.position}"
+        else:
+            try:
+                projection.restore(checkpoint.state)
+                return checkpoint.position
+            except Exception as e:  # a snapshot that does not decode is as bad as a wrong digest
+                projection.reset()
+                reason = f"its state does not decode: {e}"
+        self._log.warning("checkpoint_discarded", view=projection.name, reason=reason)
+        return 0
+
+    # feeding
+
+    def _apply(self, record: Record) -> None:
+        if record.position != self.position + 1:
+            raise IntegrityError(
+                f"expected position {self.position + 1} next, got {record.position}"
+            )
+        step: Step | None = None
+        try:
+            step = self.fold.step_for(record) if self._fold_at < record.position else None
+        except Exception as e:
+            for projection in self.projections:
+                projection.fault(f"the trade fold failed at position {record.position}: {e}")
+            self._log.error("fold_failed", position=record.position, error=str(e))
+        if step is not None:
+            self._fold_at = record.position
+            for projection in self.projections:
+                if self._at[projection.name] >= record.position or projection.faulted:
+                    continue
+                try:
+                    projection.apply(step)
+                except Exception as e:
+                    projection.fault(f"failed at position {record.position}: {e!r}")
+                    self._log.error(
+                        "projection_faulted",
+                        view=projection.name,
+                        position=record.position,
+                        error=repr(e),
+                    )
+                self._at[projection.name] = record.position
+        self.position = record.position
+        self.hash = record.hash
+        self._dirty = True
+
+    async def _catch_up(self, target: int) -> None:
+        applied = 0
+        async for record in self.store.read(self.position + 1, target):
+            self._apply(record)
+            applied += 1
+            if applied % _FLUSH_EVERY == 0:
+                await self._flush()
+        await self._flush()
+        self._maybe_checkpoint()
+
+    async def _flush(self) -> None:
+        if not self._dirty or not self.tables:
+            self._dirty = False
+            return
+        self._dirty = False
+        position, digest_ = self.position, self.hash
+        tables = [t for t in self.tables if not t.faulted]
+
+        def work(conn: sqlite3.Connection) -> None:
+            for table in tables:
+                conn.execute("SAVEPOINT view")
+                try:
+                    table.flush(conn)
+                    conn.execute(
+                        "INSERT OR REPLACE INTO projection_positions VALUES (?, ?, ?, ?)",
+                        (table.name, table.identity(), position, digest_),
+                    )
+                except sqlite3.Error as e:
+                    conn.execute("ROLLBACK TO view")
+                    table.discard()
+                    table.fault(f"cannot store rows at position {position}: {e}")
+                    self._log.error("projection_faulted", view=table.name, error=str(e))
+                conn.execute("RELEASE view")
+
+        try:
+            await self.read_model.transact(work, durable=False)
+        except LedgerError:
+            for table in tables:
+                table.discard()
+                table.fault(f"the read model could not be written at position {position}")
+            raise
+
+    async def offer(self, records: Sequence[Record]) -> None:
+        """Bring the views up to the last of ``records`` (just appended by this process)."""
+        if not self.active or not records:
+            return
+        target = 0
+        for record in records:
+            if record.position > self.position:
+                self._pending[record.position] = record
+                target = max(target, record.position)
+        if not target:
+            return
+        async with self._lock:
+            try:
+                while self.position < target:
+                    following = self._pending.pop(self.position + 1, None)
+                    if following is None:
+                        await self._catch_up(target)
+                        break
+                    self._apply(following)
+                await self._flush()
+                self._maybe_checkpoint()
+            except LedgerError as e:
+                self._log.error("views_behind", position=self.position, error=str(e))
+            finally:
+                for position in [p for p in self._pending if p <= self.position]:
+                    del self._pending[position]
+
+    async def refresh(self) -> None:
+        """Bring in records appended by other processes."""
+        if not self.active:
+            return
+        head = await self.store.head()
+        async with self._lock:
+            await self._catch_up(head.position)
+
+    async def follow(self) -> None:
+        """Apply records as the store announces them, until cancelled."""
+        async for record in self.store.subscribe(self.position + 1):
+            await self.offer([record])
+
+    async def rebuild(self) -> None:
+        """Every view from position 1."""
+        if not self.active:
+            return
+        async with self._lock:
+            self.fold.reset()
+            self._fold_at = 0
+            for state in self.states:
+                state.reset()
+                state.clear_fault()
+            await self.read_model.transact(lambda conn: self._reset_tables(conn, self.tables))
+            self._at = dict.fromkeys(self._at, 0)
+            self.position, self.hash = 0, GENESIS
+            head = await self.store.head()
+            await self._catch_up(head.position)
+            await self.checkpoint()
+
+    # checkpoints
+
+    def _snapshot(self) -> list[Checkpoint]:
+        now = self.clock()
+        checkpoints = []
+        for projection in [self.fold, *self.states]:
+            if projection.faulted:
+                continue
+            state = projection.snapshot()
+            checkpoints.append(
+                Checkpoint(
+                    projection.name,
+                    projection.identity(),
+                    self.position,
+                    self.hash,
+                    state,
+                    digest(state),
+                    now,
+                )
+            )
+        self._checkpointed = self.position
+        return checkpoints
+
+    def _maybe_checkpoint(self) -> None:
+        if self.position - self._checkpointed < self.checkpoint_every:
+            return
+        if self._saving is not None and not self._saving.done():
+            return
+        checkpoints = self._snapshot()
+        self._saving = asyncio.create_task(self._save(checkpoints))
+
+    async def _save(self, checkpoints: list[Checkpoint]) -> None:
+        try:
+            await self.store.save_checkpoints(checkpoints)
+        except LedgerError as e:
+            self._log.error("checkpoint_failed", position=checkpoints[0].position, error=str(e))
+
+    async def checkpoint(self) -> None:
+        """Save every state projection's checkpoint at the current position now."""
+        if not self.active or self.position == 0:
+            return
+        if self._saving is not None:
+            await self._saving
+        await self._save(self._snapshot())
+
+    async def aclose(self) -> None:
+        if self._saving is not None:
+            with contextlib.suppress(LedgerError):
+                await self._saving
+        if self.active and self.position > self._checkpointed:
+            await self.checkpoint()
+
+    def positions(self) -> dict[str, Any]:
+        """Each view's position and fault, for ``info``."""
+        return {
+            p.name: {"position": self._at.get(p.name, 0), "faulted": p.faulted}
+            for p in self.projections
+        }

@@ -1,0 +1,299 @@
+"""Trade history: every closed trade with its figures, queried as indexed SQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from decimal import Decimal
+from typing import Any, Literal
+
+import msgspec
+
+from ledger.chain import timestamp
+from ledger.errors import InvalidEvent
+from ledger.events import canonical_decimal
+from ledger.projection import Step, TableProjection
+from ledger.trade import TradeState
+
+SortBy = Literal["closed_at", "opened_at", "net", "r"]
+
+_COLUMNS = (
+    "trade_id",
+    "position",
+    "symbol",
+    "side",
+    "currency",
+    "account",
+    "strategy",
+    "session",
+    "pattern",
+    "model",
+    "regime",
+    "signal_id",
+    "opened_at",
+    "closed_at",
+    "quantity",
+    "average_entry",
+    "average_exit",
+    "multiplier",
+    "leverage",
+    "gross",
+    "fees",
+    "funding",
+    "net",
+    "invested",
+    "return_fraction",
+    "roe",
+    "initial_risk",
+    "r",
+    "outcome",
+    "holding_seconds",
+    "close_reason",
+)
+_DECIMALS = frozenset(
+    {
+        "quantity",
+        "average_entry",
+        "average_exit",
+        "multiplier",
+        "leverage",
+        "gross",
+        "fees",
+        "funding",
+        "net",
+        "invested",
+        "return_fraction",
+        "roe",
+        "initial_risk",
+        "r",
+        "holding_seconds",
+    }
+)
+_FILTERS = ("symbol", "side", "strategy", "session", "pattern", "account", "outcome", "currency")
+_SORTS = {
+    "closed_at": "closed_at",
+    "opened_at": "opened_at",
+    "net": "CAST(net AS REAL)",
+    "r": "CAST(r AS REAL)",
+}
+
+
+class ClosedTrade(msgspec.Struct, frozen=True, kw_only=True):
+    """A closed trade and every per-trade figure (amounts in its currency)."""
+
+    trade_id: str
+    position: int
+    symbol: str
+    side: str
+    currency: str
+    account: str | None
+    strategy: str | None
+    session: str | None
+    pattern: str | None
+    model: str | None
+    regime: str | None
+    signal_id: str | None
+    opened_at: dt.datetime
+    closed_at: dt.datetime
+    quantity: Decimal
+    average_entry: Decimal
+    average_exit: Decimal | None
+    multiplier: Decimal
+    leverage: Decimal
+    gross: Decimal
+    fees: Decimal
+    funding: Decimal
+    net: Decimal
+    invested: Decimal
+    return_fraction: Decimal
+    roe: Decimal
+    initial_risk: Decimal | None
+    r: Decimal | None
+    outcome: str
+    holding_seconds: Decimal
+    close_reason: str
+
+
+class TradePage(msgspec.Struct, frozen=True):
+    """One page of closed trades and the total that matched."""
+
+    trades: list[ClosedTrade]
+    total: int
+
+
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else str(canonical_decimal(value))
+
+
+def _row(trade: TradeState, position: int) -> tuple[Any, ...]:
+    assert trade.closed_at is not None
+    return (
+        trade.trade_id,
+        position,
+        trade.symbol,
+        trade.side,
+        trade.currency,
+        trade.account,
+        trade.strategy,
+        trade.session,
+        trade.pattern,
+        trade.model,
+        trade.regime,
+        trade.signal_id,
+        timestamp(trade.opened_at),
+        timestamp(trade.closed_at),
+        _text(trade.entry_quantity),
+        _text(trade.average_entry),
+        _text(trade.average_exit),
+        _text(trade.multiplier),
+        _text(trade.leverage),
+        _text(trade.gross),
+        _text(trade.fees),
+        _text(trade.funding),
+        _text(trade.net),
+        _text(trade.invested),
+        _text(trade.return_fraction),
+        _text(trade.roe),
+        _text(trade.initial_risk),
+        _text(trade.r_multiple),
+        trade.outcome,
+        _text(trade.holding_seconds),
+        trade.close_reason,
+    )
+
+
+def _closed_trade(row: tuple[Any, ...]) -> ClosedTrade:
+    fields: dict[str, Any] = {}
+    for name, value in zip(_COLUMNS, row, strict=True):
+        if value is not None and name in _DECIMALS:
+            value = Decimal(value)
+        elif value is not None and name in ("opened_at", "closed_at"):
+            value = dt.datetime.fromisoformat(value)
+        fields[name] = value
+    return ClosedTrade(**fields)
+
+
+class TradeHistory(TableProjection):
+    """Closed trades with gross, fees, funding, net, return, ROE, R, outcome and more.
+
+    page = await book.view(TradeHistory).trades(symbol="ETHUSDT", sort_by="net", limit=20)
+    print(page.total, [t.net for t in page.trades])
+    """
+
+    name = "trade_history"
+    version = 1
+    tables = ("trade_history",)
+
+    def __init__(self) -> None:
+        self._rows: list[tuple[Any, ...]] = []
+
+    def setup(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS trade_history ({', '.join(_COLUMNS)}, PRIMARY KEY (trade_id))"
+        )
+        for name, expression in (
+            ("closed_at", "closed_at, position"),
+            ("opened_at", "opened_at, position"),
+            ("symbol", "symbol, closed_at"),
+            ("strategy", "strategy, closed_at"),
+            ("session", "session, closed_at"),
+            ("account", "account, closed_at"),
+            ("outcome", "outcome, closed_at"),
+            ("net", "CAST(net AS REAL)"),
+            ("r", "CAST(r AS REAL)"),
+        ):
+            conn.execute(
+                f"CREATE INDEX IF NOT EXISTS trade_history_by_{name} ON trade_history ({expression})"
+            )
+
+    def apply(self, step: Step) -> None:
+        trade = step.after
+        if trade is None or trade.closed_at is None:
+            return
+        if step.before is not None and step.before.closed_at is not None:
+            return
+        self._rows.append(_row(trade, step.record.position))
+
+    def flush(self, conn: sqlite3.Connection) -> None:
+        marks = ", ".join("?" * len(_COLUMNS))
+        conn.executemany(f"INSERT OR REPLACE INTO trade_history VALUES ({marks})", self._rows)
+        self._rows.clear()
+
+    def discard(self) -> None:
+        self._rows.clear()
+
+    async def trades(
+        self,
+        *,
+        start: dt.datetime | None = None,
+        end: dt.datetime | None = None,
+        by: Literal["closed", "opened"] = "closed",
+        symbol: str | None = None,
+        side: str | None = None,
+        strategy: str | None = None,
+        session: str | None = None,
+        pattern: str | None = None,
+        account: str | None = None,
+        outcome: str | None = None,
+        currency: str | None = None,
+        sort_by: SortBy = "closed_at",
+        descending: bool = False,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> TradePage:
+        """Closed trades matching every given filter, one page, and how many matched.
+
+        ``start``/``end`` bound the close time (or the open time with
+        ``by="opened"``): ``start <= t < end``.
+        """
+        self.ready()
+        if sort_by not in _SORTS:
+            raise InvalidEvent(
+                f"sort_by must be one of {', '.join(_SORTS)}", field="sort_by", rule="sort"
+            )
+        if by not in ("closed", "opened"):
+            raise InvalidEvent("by must be 'closed' or 'opened'", field="by", rule="filter")
+        if limit < 0 or offset < 0:
+            raise InvalidEvent("limit and offset must be >= 0", field="limit", rule="page")
+        where: list[str] = []
+        params: list[Any] = []
+        column = f"{by}_at"
+        if start is not None:
+            where.append(f"{column} >= ?")
+            params.append(timestamp(start))
+        if end is not None:
+            where.append(f"{column} < ?")
+            params.append(timestamp(end))
+        given = {
+            "symbol": symbol,
+            "side": side,
+            "strategy": strategy,
+            "session": session,
+            "pattern": pattern,
+            "account": account,
+            "outcome": outcome,
+            "currency": currency,
+        }
+        for name in _FILTERS:
+            if given[name] is not None:
+                where.append(f"{name} = ?")
+                params.append(given[name])
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        ((total,),) = await self.db.query(f"SELECT count(*) FROM trade_history{clause}", params)
+        direction = "DESC" if descending else "ASC"
+        order = f"{_SORTS[sort_by]} {direction}, position {direction}"
+        if sort_by == "r":
+            order = f"r IS NULL, {order}"
+        rows = await self.db.query(
+            f"SELECT {', '.join(_COLUMNS)} FROM trade_history{clause} ORDER BY {order} LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        return TradePage([_closed_trade(tuple(row)) for row in rows], total)
+
+    async def get(self, trade_id: str) -> ClosedTrade | None:
+        """The closed trade ``trade_id``, or None if it is not closed."""
+        self.ready()
+        rows = await self.db.query(
+            f"SELECT {', '.join(_COLUMNS)} FROM trade_history WHERE trade_id = ?", (trade_id,)
+        )
+        return _closed_trade(tuple(rows[0])) if rows else None

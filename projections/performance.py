@@ -1,0 +1,436 @@
+"""Performance: every figure of the design's Accounting section, per currency and group.
+
+Statistics are over closed trades, per currency, optionally by symbol,
+strategy, session, account or side. The state stays bounded: one row of
+running sums per (currency, group), the equity path (cumulative net, peak,
+drawdowns, losing streak) updated as trades close in close-time order, and the
+daily series in a table. A trade that closes with an earlier close time than
+one already counted is recorded too, and that group's equity path is
+recomputed from its closes in close-time order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import sqlite3
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from ledger.chain import timestamp
+from ledger.projection import Step, TableProjection
+from ledger.trade import CONTEXT, TradeState
+from projections.grouping import ALL, check_group, keys
+
+_ZERO = Decimal(0)
+
+
+class Figures(msgspec.Struct, frozen=True, kw_only=True):
+    """The performance figures of one currency (and one group, when grouped)."""
+
+    currency: str
+    group_by: str | None
+    group: str | None
+    trades: int
+    wins: int
+    losses: int
+    breakevens: int
+    win_rate: Decimal | None
+    net: Decimal
+    gross_profit: Decimal
+    gross_loss: Decimal
+    profit_factor: Decimal | None
+    expectancy: Decimal | None
+    average_win: Decimal | None
+    average_loss: Decimal | None
+    largest_win: Decimal | None
+    largest_loss: Decimal | None
+    average_r: Decimal | None
+    sqn: Decimal | None
+    starting_equity: Decimal
+    ending_equity: Decimal
+    max_drawdown: Decimal
+    max_drawdown_pct: Decimal | None
+    sharpe: Decimal | None
+    sortino: Decimal | None
+    annualization_days: int
+    days: int
+    longest_losing_streak: int
+    average_holding_seconds: Decimal | None
+
+
+class Day(msgspec.Struct, frozen=True, kw_only=True):
+    """One UTC day of closes (zero-filled days have no trades)."""
+
+    day: dt.date
+    currency: str
+    trades: int
+    wins: int
+    losses: int
+    net: Decimal
+
+
+class _Stats(msgspec.Struct, kw_only=True):
+    currency: str
+    kind: str
+    value: str
+    trades: int = 0
+    wins: int = 0
+    losses: int = 0
+    breakevens: int = 0
+    net: Decimal = _ZERO
+    gross_profit: Decimal = _ZERO
+    gross_loss: Decimal = _ZERO
+    largest_win: Decimal | None = None
+    largest_loss: Decimal | None = None
+    r_count: int = 0
+    r_sum: Decimal = _ZERO
+    r_squares: Decimal = _ZERO
+    holding_seconds: Decimal = _ZERO
+    peak: Decimal | None = None
+    max_drawdown: Decimal = _ZERO
+    max_drawdown_pct: Decimal | None = None
+    streak: int = 0
+    longest_losing_streak: int = 0
+    last_close: str = ""
+    last_position: int = 0
+    reorder: bool = False
+
+
+def _path_step(stats: _Stats, start: Decimal, net: Decimal, cumulative: Decimal) -> None:
+    """Advance the equity path by one close whose cumulative net is ``cumulative``."""
+    equity = start + cumulative
+    if stats.peak is None or equity > stats.peak:
+        stats.peak = equity
+    drawdown = stats.peak - equity
+    if drawdown > stats.max_drawdown:
+        stats.max_drawdown = drawdown
+    if start > 0 and stats.peak > 0:
+        fraction = drawdown / stats.peak
+        if stats.max_drawdown_pct is None or fraction > stats.max_drawdown_pct:
+            stats.max_drawdown_pct = fraction
+    if net < 0:
+        stats.streak += 1
+        stats.longest_losing_streak = max(stats.longest_losing_streak, stats.streak)
+    else:
+        stats.streak = 0
+
+
+class Performance(TableProjection):
+    """Win rate, profit factor, expectancy, R, SQN, drawdown, Sharpe, Sortino and more.
+
+    for figures in await book.view(Performance).figures(group_by="strategy"):
+        print(figures.currency, figures.group, figures.win_rate, figures.sharpe)
+    """
+
+    name = "performance"
+    version = 1
+    tables = ("performance_stats", "performance_daily", "performance_closes")
+
+    def __init__(self, *, starting_equity: Decimal = _ZERO, annualization_days: int = 365) -> None:
+        if not isinstance(starting_equity, Decimal) or not starting_equity.is_finite():
+            raise ValueError("starting_equity must be a finite Decimal")
+        if (
+            isinstance(annualization_days, bool)
+            or not isinstance(annualization_days, int)
+            or annualization_days <= 0
+        ):
+            raise ValueError("annualization_days must be a positive int")
+        self.starting_equity = starting_equity
+        self.annualization_days = annualization_days
+        self._stats: dict[tuple[str, str, str], _Stats] = {}
+        self._dirty: set[tuple[str, str, str]] = set()
+        self._closes: list[tuple[Any, ...]] = []
+        self._days: dict[tuple[str, str, str, str], list[Any]] = {}
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "starting_equity": str(self.starting_equity),
+            "annualization_days": self.annualization_days,
+        }
+
+    def setup(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            """CREATE TABLE IF NOT EXISTS performance_stats (
+                currency TEXT NOT NULL, kind TEXT NOT NULL, value TEXT NOT NULL,
+                state BLOB NOT NULL, PRIMARY KEY (currency, kind, value))"""
+        )
+        conn.execute(
+            """CREATE TABLE IF NOT EXISTS performance_daily (
+                currency TEXT NOT NULL, kind TEXT NOT NULL, value TEXT NOT NULL, day TEXT NOT NULL,
+                trades INTEGER NOT NULL, wins INTEGER NOT NULL, losses INTEGER NOT NULL,
+                net TEXT NOT NULL, PRIMARY KEY (currency, kind, value, day))"""
+        )
+        conn.execute(
+            """CREATE TABLE IF NOT EXISTS performance_closes (
+                position INTEGER PRIMARY KEY, trade_id TEXT NOT NULL, currency TEXT NOT NULL,
+                symbol TEXT NOT NULL, strategy TEXT NOT NULL, session TEXT NOT NULL,
+                account TEXT NOT NULL, side TEXT NOT NULL, closed_at TEXT NOT NULL,
+                net TEXT NOT NULL)"""
+        )
+        conn.execute(
+            "CREATE INDEX IF NOT EXISTS performance_closes_by_time "
+            "ON performance_closes (currency, closed_at, position)"
+        )
+        decoder = msgspec.msgpack.Decoder(_Stats)
+        self._stats = {}
+        for currency, kind, value, state in conn.execute(
+            "SELECT currency, kind, value, state FROM performance_stats"
+        ):
+            self._stats[(currency, kind, value)] = decoder.decode(state)
+
+    def discard(self) -> None:
+        self._closes.clear()
+        self._days.clear()
+        self._dirty.clear()
+
+    def apply(self, step: Step) -> None:
+        trade = step.after
+        if trade is None or trade.closed_at is None:
+            return
+        if step.before is not None and step.before.closed_at is not None:
+            return
+        self._close(trade, step.record.position)
+
+    def _close(self, trade: TradeState, position: int) -> None:
+        assert trade.closed_at is not None
+        net = trade.net
+        r = trade.r_multiple
+        closed_at = timestamp(trade.closed_at)
+        day = closed_at[:10]
+        holding = trade.holding_seconds or _ZERO
+        win, loss = int(net > 0), int(net < 0)
+        groups = keys(trade)
+        self._closes.append(
+            (
+                position,
+                trade.trade_id,
+                trade.currency,
+                *(value for _, value in groups[1:]),
+                closed_at,
+                str(net),
+            )
+        )
+        with decimal.localcontext(CONTEXT):
+            for kind, value in groups:
+                key = (trade.currency, kind, value)
+                stats = self._stats.get(key)
+                if stats is None:
+                    stats = self._stats[key] = _Stats(
+                        currency=trade.currency, kind=kind, value=value
+                    )
+                stats.trades += 1
+                stats.wins += win
+                stats.losses += loss
+                stats.breakevens += 1 - win - loss
+                stats.net += net
+                if win:
+                    stats.gross_profit += net
+                    if stats.largest_win is None or net > stats.largest_win:
+                        stats.largest_win = net
+                if loss:
+                    stats.gross_loss += net
+                    if stats.largest_loss is None or net < stats.largest_loss:
+                        stats.largest_loss = net
+                if r is not None:
+                    stats.r_count += 1
+                    stats.r_sum += r
+                    stats.r_squares += r * r
+                stats.holding_seconds += holding
+                if (closed_at, position) >= (
+                    stats.last_close,
+                    stats.last_position,
+                ) and not stats.reorder:
+                    _path_step(stats, self.starting_equity, net, stats.net)
+                    stats.last_close, stats.last_position = closed_at, position
+                else:
+                    stats.reorder = True
+                self._dirty.add(key)
+                bucket = self._days.get((trade.currency, kind, value, day))
+                if bucket is None:
+                    bucket = self._days[(trade.currency, kind, value, day)] = [0, 0, 0, _ZERO]
+                bucket[0] += 1
+                bucket[1] += win
+                bucket[2] += loss
+                bucket[3] += net
+
+    def flush(self, conn: sqlite3.Connection) -> None:
+        conn.executemany(
+            "INSERT OR REPLACE INTO performance_closes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            self._closes,
+        )
+        with decimal.localcontext(CONTEXT):
+            for (currency, kind, value, day), (trades, wins, losses, net) in self._days.items():
+                row = conn.execute(
+                    "SELECT trades, wins, losses, net FROM performance_daily "
+                    "WHERE currency = ? AND kind = ? AND value = ? AND day = ?",
+                    (currency, kind, value, day),
+                ).fetchone()
+                if row is not None:
+                    trades, wins, losses = trades + row[0], wins + row[1], losses + row[2]
+                    net = net + Decimal(row[3])
+                conn.execute(
+                    "INSERT OR REPLACE INTO performance_daily VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (currency, kind, value, day, trades, wins, losses, str(net)),
+                )
+        encoder = msgspec.msgpack.Encoder()
+        for key in self._dirty:
+            stats = self._stats[key]
+            if stats.reorder:
+                self._replay_path(conn, stats)
+            conn.execute(
+                "INSERT OR REPLACE INTO performance_stats VALUES (?, ?, ?, ?)",
+                (*key, encoder.encode(stats)),
+            )
+        self.discard()
+
+    def _replay_path(self, conn: sqlite3.Connection, stats: _Stats) -> None:
+        """Recompute a group's equity path from its closes in close-time order."""
+        where, params = "currency = ?", [stats.currency]
+        if stats.kind != ALL:
+            where += f" AND {stats.kind} = ?"  # kind is one of GROUPS, never user text
+            params.append(stats.value)
+        stats.peak, stats.max_drawdown, stats.max_drawdown_pct = None, _ZERO, None
+        stats.streak = stats.longest_losing_streak = 0
+        cumulative = _ZERO
+        with decimal.localcontext(CONTEXT):
+            for position, closed_at, net_text in conn.execute(
+                f"SELECT position, closed_at, net FROM performance_closes WHERE {where} "
+                "ORDER BY closed_at, position",
+                params,
+            ):
+                net = Decimal(net_text)
+                cumulative += net
+                _path_step(stats, self.starting_equity, net, cumulative)
+                stats.last_close, stats.last_position = closed_at, position
+        stats.reorder = False
+
+    # queries
+
+    async def figures(
+        self, group_by: str | None = None, *, currency: str | None = None
+    ) -> list[Figures]:
+        """The figures per currency, or per (group, currency) with ``group_by``."""
+        self.ready()
+        kind = check_group(group_by)
+        chosen = sorted(
+            (s for s in self._stats.values() if s.kind == kind and currency in (None, s.currency)),
+            key=lambda s: (s.currency, s.value),
+        )
+        series = await self._series(kind, currency)
+        return [self._figures(s, group_by, series.get((s.currency, s.value), [])) for s in chosen]
+
+    async def _series(
+        self, kind: str, currency: str | None
+    ) -> dict[tuple[str, str], list[tuple[str, Decimal]]]:
+        sql = "SELECT currency, value, day, net FROM performance_daily WHERE kind = ?"
+        params: list[Any] = [kind]
+        if currency is not None:
+            sql += " AND currency = ?"
+            params.append(currency)
+        found: dict[tuple[str, str], list[tuple[str, Decimal]]] = {}
+        for cur, value, day, net in await self.db.query(
+            sql + " ORDER BY currency, value, day", params
+        ):
+            found.setdefault((cur, value), []).append((day, Decimal(net)))
+        return found
+
+    async def daily(
+        self, *, currency: str | None = None, group_by: str | None = None, group: str | None = None
+    ) -> list[Day]:
+        """Net per UTC close day, every calendar day from the first to the last, zero-filled."""
+        self.ready()
+        kind = check_group(group_by)
+        sql = "SELECT currency, day, trades, wins, losses, net FROM performance_daily WHERE kind = ? AND value = ?"
+        params: list[Any] = [kind, group or ""]
+        if currency is not None:
+            sql += " AND currency = ?"
+            params.append(currency)
+        rows = await self.db.query(sql + " ORDER BY currency, day", params)
+        by_currency: dict[str, dict[str, tuple[int, int, int, Decimal]]] = {}
+        for cur, day, trades, wins, losses, net in rows:
+            by_currency.setdefault(cur, {})[day] = (trades, wins, losses, Decimal(net))
+        days: list[Day] = []
+        for cur, found in by_currency.items():
+            for day in _calendar(found):
+                trades, wins, losses, net = found.get(day.isoformat(), (0, 0, 0, _ZERO))
+                days.append(
+                    Day(day=day, currency=cur, trades=trades, wins=wins, losses=losses, net=net)
+                )
+        return days
+
+    def _figures(
+        self, s: _Stats, group_by: str | None, series: list[tuple[str, Decimal]]
+    ) -> Figures:
+        with decimal.localcontext(CONTEXT):
+            values = _zero_filled(series)
+            sharpe, sortino = _ratios(values, self.annualization_days)
+            mean_r = s.r_sum / s.r_count if s.r_count else None
+            sqn = None
+            if s.r_count >= 2 and mean_r is not None:
+                variance = (s.r_squares - s.r_count * mean_r * mean_r) / (s.r_count - 1)
+                if variance > 0:
+                    sqn = Decimal(min(s.r_count, 100)).sqrt() * mean_r / variance.sqrt()
+            return Figures(
+                currency=s.currency,
+                group_by=group_by,
+                group=s.value if group_by else None,
+                trades=s.trades,
+                wins=s.wins,
+                losses=s.losses,
+                breakevens=s.breakevens,
+                win_rate=Decimal(s.wins) / s.trades if s.trades else None,
+                net=s.net,
+                gross_profit=s.gross_profit,
+                gross_loss=s.gross_loss,
+                profit_factor=s.gross_profit / abs(s.gross_loss) if s.gross_loss else None,
+                expectancy=s.net / s.trades if s.trades else None,
+                average_win=s.gross_profit / s.wins if s.wins else None,
+                average_loss=s.gross_loss / s.losses if s.losses else None,
+                largest_win=s.largest_win,
+                largest_loss=s.largest_loss,
+                average_r=mean_r,
+                sqn=sqn,
+                starting_equity=self.starting_equity,
+                ending_equity=self.starting_equity + s.net,
+                max_drawdown=s.max_drawdown,
+                max_drawdown_pct=s.max_drawdown_pct,
+                sharpe=sharpe,
+                sortino=sortino,
+                annualization_days=self.annualization_days,
+                days=len(values),
+                longest_losing_streak=s.longest_losing_streak,
+                average_holding_seconds=s.holding_seconds / s.trades if s.trades else None,
+            )
+
+
+def _calendar(found: Iterable[str]) -> list[dt.date]:
+    days = sorted(found)
+    if not days:
+        return []
+    first, last = dt.date.fromisoformat(days[0]), dt.date.fromisoformat(days[-1])
+    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def _zero_filled(series: list[tuple[str, Decimal]]) -> list[Decimal]:
+    nets = dict(series)
+    return [nets.get(day.isoformat(), _ZERO) for day in _calendar(nets)]
+
+
+def _ratios(
+    values: list[Decimal], annualization_days: int
+) -> tuple[Decimal | None, Decimal | None]:
+    """Sharpe and Sortino of a zero-filled daily series (call inside CONTEXT)."""
+    count = len(values)
+    if count < 2:
+        return None, None
+    mean = sum(values, _ZERO) / count
+    variance = sum(((x - mean) ** 2 for x in values), _ZERO) / (count - 1)
+    scale = Decimal(annualization_days).sqrt()
+    sharpe = mean / variance.sqrt() * scale if variance > 0 else None
+    downside = sum((min(x, _ZERO) ** 2 for x in values), _ZERO) / count
+    sortino = mean / downside.sqrt() * scale if downside > 0 else None
+    return sharpe, sortino

@@ -1,0 +1,172 @@
+"""Signals: every signal emitted, and the trade that followed it, if any."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from ledger.chain import timestamp
+from ledger.events import SignalEmitted, TradeOpened
+from ledger.projection import Step, TableProjection
+
+_COLUMNS = (
+    "signal_id",
+    "position",
+    "occurred_at",
+    "symbol",
+    "side",
+    "timeframe",
+    "confidence",
+    "entry_price",
+    "stop_price",
+    "target_price",
+    "strategy",
+    "model",
+    "session",
+    "pattern",
+    "trade_id",
+)
+_DECIMALS = frozenset({"confidence", "entry_price", "stop_price", "target_price"})
+
+
+class Signal(msgspec.Struct, frozen=True, kw_only=True):
+    """A recorded signal; ``trade_id`` names the trade opened from it, if any."""
+
+    signal_id: str
+    position: int
+    occurred_at: dt.datetime
+    symbol: str
+    side: str
+    timeframe: str | None
+    confidence: Decimal | None
+    entry_price: Decimal | None
+    stop_price: Decimal | None
+    target_price: Decimal | None
+    strategy: str | None
+    model: str | None
+    session: str | None
+    pattern: str | None
+    trade_id: str | None
+
+
+class SignalPage(msgspec.Struct, frozen=True):
+    signals: list[Signal]
+    total: int
+
+
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+class Signals(TableProjection):
+    """Every signal, filterable, with the trade it led to.
+
+    page = await book.view(Signals).signals(followed=False)
+    """
+
+    name = "signals"
+    version = 1
+    tables = ("signals",)
+
+    def __init__(self) -> None:
+        self._rows: list[tuple[Any, ...]] = []
+        self._links: list[tuple[str, str]] = []
+
+    def setup(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS signals ({', '.join(_COLUMNS)}, PRIMARY KEY (signal_id))"
+        )
+        conn.execute(
+            "CREATE INDEX IF NOT EXISTS signals_by_time ON signals (occurred_at, position)"
+        )
+        conn.execute(
+            "CREATE INDEX IF NOT EXISTS signals_by_symbol ON signals (symbol, occurred_at)"
+        )
+
+    def apply(self, step: Step) -> None:
+        event = step.event
+        if isinstance(event, SignalEmitted):
+            self._rows.append(
+                (
+                    event.signal_id,
+                    step.record.position,
+                    timestamp(event.occurred_at),
+                    event.symbol,
+                    event.side,
+                    event.timeframe,
+                    _text(event.confidence),
+                    _text(event.entry_price),
+                    _text(event.stop_price),
+                    _text(event.target_price),
+                    event.strategy,
+                    event.model,
+                    event.session,
+                    event.pattern,
+                    None,
+                )
+            )
+        elif isinstance(event, TradeOpened) and event.signal_id is not None:
+            self._links.append((event.trade_id, event.signal_id))
+
+    def flush(self, conn: sqlite3.Connection) -> None:
+        conn.executemany(
+            f"INSERT OR REPLACE INTO signals VALUES ({', '.join('?' * len(_COLUMNS))})", self._rows
+        )
+        conn.executemany(
+            "UPDATE signals SET trade_id = ? WHERE signal_id = ? AND trade_id IS NULL", self._links
+        )
+        self.discard()
+
+    def discard(self) -> None:
+        self._rows.clear()
+        self._links.clear()
+
+    async def signals(
+        self,
+        *,
+        symbol: str | None = None,
+        strategy: str | None = None,
+        session: str | None = None,
+        followed: bool | None = None,
+        start: dt.datetime | None = None,
+        end: dt.datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> SignalPage:
+        """Signals in log order matching every given filter; ``followed`` picks those
+        that did (True) or did not (False) lead to a trade."""
+        self.ready()
+        where: list[str] = []
+        params: list[Any] = []
+        for name, value in (("symbol", symbol), ("strategy", strategy), ("session", session)):
+            if value is not None:
+                where.append(f"{name} = ?")
+                params.append(value)
+        if followed is not None:
+            where.append("trade_id IS NOT NULL" if followed else "trade_id IS NULL")
+        if start is not None:
+            where.append("occurred_at >= ?")
+            params.append(timestamp(start))
+        if end is not None:
+            where.append("occurred_at < ?")
+            params.append(timestamp(end))
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        ((total,),) = await self.db.query(f"SELECT count(*) FROM signals{clause}", params)
+        rows = await self.db.query(
+            f"SELECT {', '.join(_COLUMNS)} FROM signals{clause} ORDER BY position LIMIT ? OFFSET ?",
+            [*params, max(limit, 0), max(offset, 0)],
+        )
+        return SignalPage([_signal(tuple(row)) for row in rows], total)
+
+
+def _signal(row: tuple[Any, ...]) -> Signal:
+    fields: dict[str, Any] = dict(zip(_COLUMNS, row, strict=True))
+    for name in _DECIMALS:
+        if fields[name] is not None:
+            fields[name] = Decimal(fields[name])
+    fields["occurred_at"] = dt.datetime.fromisoformat(fields["occurred_at"])
+    return Signal(**fields)
