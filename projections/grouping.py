@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ledger.errors import InvalidEvent
 from ledger.trade import TradeState
 
 GroupBy = Literal["symbol", "strategy", "session", "account", "side"]
@@ -26,9 +25,5 @@ def check_group(group_by: str | None) -> str:
     if group_by is None:
         return ALL
     if group_by not in GROUPS:
-        raise InvalidEvent(
-            f"group_by must be one of {', '.join(GROUPS)}, got {group_by!r}",
-            field="group_by",
-            rule="group_by",
-        )
+        raise ValueError(f"group_by must be one of {', '.join(GROUPS)}, got {group_by!r}")
     return group_by

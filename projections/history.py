@@ -10,7 +10,6 @@ from typing import Any, Literal
 import msgspec
 
 from ledger.chain import timestamp
-from ledger.errors import InvalidEvent
 from ledger.events import canonical_decimal
 from ledger.projection import Step, TableProjection
 from ledger.trade import TradeState
@@ -248,13 +247,11 @@ class TradeHistory(TableProjection):
         """
         self.ready()
         if sort_by not in _SORTS:
-            raise InvalidEvent(
-                f"sort_by must be one of {', '.join(_SORTS)}", field="sort_by", rule="sort"
-            )
+            raise ValueError(f"sort_by must be one of {', '.join(_SORTS)}")
         if by not in ("closed", "opened"):
-            raise InvalidEvent("by must be 'closed' or 'opened'", field="by", rule="filter")
+            raise ValueError("by must be 'closed' or 'opened'")
         if limit < 0 or offset < 0:
-            raise InvalidEvent("limit and offset must be >= 0", field="limit", rule="page")
+            raise ValueError("limit and offset must be >= 0")
         where: list[str] = []
         params: list[Any] = []
         column = f"{by}_at"
