@@ -67,8 +67,10 @@ class Ledger:
         clock: Clock | None = None,
         checkpoint_every: int = 1000,
         follow: bool = False,
+        create: bool = True,
     ) -> None:
         self.url = url
+        self.create = create
         self.timeout = timeout
         self.clock: Clock = clock or utc_now
         self.checkpoint_every = checkpoint_every
@@ -97,6 +99,7 @@ class Ledger:
             clock=self.clock,
             timeout=self.timeout,
             failpoints=FailPoints.from_env(),
+            create=self.create,
         )
         runner = Runner(
             store,
@@ -246,12 +249,14 @@ def open_ledger(
     clock: Clock | None = None,
     checkpoint_every: int = 1000,
     follow: bool = False,
+    create: bool = True,
 ) -> Ledger:
     """A ledger on ``url`` with its views, opened by ``async with`` or ``await``.
 
     ``timeout`` bounds every store operation; views are checkpointed every
     ``checkpoint_every`` records and on close; ``follow`` keeps them current
-    with other processes' appends in the background (else call ``refresh``).
+    with other processes' appends in the background (else call ``refresh``);
+    ``create=False`` refuses to create a new ledger where there is none.
 
         async with open_ledger("sqlite:///bot.db", projections.standard()) as book:
             await book.record(event)
@@ -264,4 +269,5 @@ def open_ledger(
         clock=clock,
         checkpoint_every=checkpoint_every,
         follow=follow,
+        create=create,
     )

@@ -17,14 +17,14 @@ import asyncio
 import contextlib
 import hashlib
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, Callable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
 import structlog
 
 from ledger.chain import GENESIS
-from ledger.errors import IntegrityError, LedgerError
+from ledger.errors import IntegrityError, InvalidEvent, LedgerError
 from ledger.events import TradeEvent
 from ledger.projection import ReadModel, StateProjection, Step, TableProjection
 from ledger.record import Record
@@ -234,31 +234,36 @@ class Runner:
             self._log.error("fold_failed", position=record.position, error=str(e))
         if step is not None:
             self._fold_at = record.position
-            for projection in self.projections:
-                if self._at[projection.name] >= record.position or projection.faulted:
-                    continue
-                try:
-                    projection.apply(step)
-                except Exception as e:
-                    projection.fault(f"failed at position {record.position}: {e!r}")
-                    self._log.error(
-                        "projection_faulted",
-                        view=projection.name,
-                        position=record.position,
-                        error=repr(e),
-                    )
-                self._at[projection.name] = record.position
+            self._feed(step)
         self.position = record.position
         self.hash = record.hash
         self._dirty = True
 
-    async def _catch_up(self, target: int) -> None:
+    def _feed(self, step: Step) -> None:
+        position = step.record.position
+        for projection in self.projections:
+            if self._at[projection.name] >= position or projection.faulted:
+                continue
+            try:
+                projection.apply(step)
+            except Exception as e:
+                projection.fault(f"failed at position {position}: {e!r}")
+                self._log.error(
+                    "projection_faulted", view=projection.name, position=position, error=repr(e)
+                )
+            self._at[projection.name] = position
+
+    async def _catch_up(
+        self, target: int, progress: Callable[[int, int], None] | None = None
+    ) -> None:
         applied = 0
         async for record in self.store.read(self.position + 1, target):
             self._apply(record)
             applied += 1
             if applied % _FLUSH_EVERY == 0:
                 await self._flush()
+                if progress is not None:
+                    progress(record.position, target)
         await self._flush()
         self._maybe_checkpoint()
 
@@ -334,22 +339,59 @@ class Runner:
         async for record in self.store.subscribe(self.position + 1):
             await self.offer([record])
 
-    async def rebuild(self) -> None:
-        """Every view from position 1."""
+    async def _reset_all(self) -> None:
+        self.fold.reset()
+        self._fold_at = 0
+        for state in self.states:
+            state.reset()
+            state.clear_fault()
+        for table in self.tables:
+            table.db = self.read_model
+        await self.read_model.transact(self._setup_tables, durable=False)
+        await self.read_model.transact(lambda conn: self._reset_tables(conn, self.tables))
+        self._at = {p.name: 0 for p in self.projections}
+        self.position, self.hash = 0, GENESIS
+
+    async def rebuild(self, progress: Callable[[int, int], None] | None = None) -> None:
+        """Every view from position 1; ``progress(done, total)`` is told along the way."""
         if not self.active:
             return
         async with self._lock:
-            self.fold.reset()
-            self._fold_at = 0
-            for state in self.states:
-                state.reset()
-                state.clear_fault()
-            await self.read_model.transact(lambda conn: self._reset_tables(conn, self.tables))
-            self._at = dict.fromkeys(self._at, 0)
-            self.position, self.hash = 0, GENESIS
+            await self._reset_all()
             head = await self.store.head()
-            await self._catch_up(head.position)
+            await self._catch_up(head.position, progress)
             await self.checkpoint()
+
+    async def replay(self, records: AsyncIterable[Record]) -> dict[str, str]:
+        """Fold a cut of the log (records in log order, gaps allowed) into fresh views.
+
+        A trade event the fold refuses in the cut (a fill whose open falls
+        outside it, say) is left out with the rest of its trade and reported,
+        never fixed up: the result maps each such trade id to the reason.
+        """
+        inconsistent: dict[str, str] = {}
+        async with self._lock:
+            await self._reset_all()
+            applied = 0
+            async for record in records:
+                event = record.event
+                if isinstance(event, TradeEvent) and event.trade_id in inconsistent:
+                    continue
+                try:
+                    step = self.fold.step_for(record)
+                except InvalidEvent as e:
+                    assert isinstance(event, TradeEvent)
+                    inconsistent[event.trade_id] = (
+                        f"{record.type} at position {record.position}: {e}"
+                    )
+                    continue
+                self._feed(step)
+                self.position, self.hash, self._dirty = record.position, record.hash, True
+                applied += 1
+                if applied % _FLUSH_EVERY == 0:
+                    await self._flush()
+            await self._flush()
+        return inconsistent
 
     # checkpoints
 

@@ -28,12 +28,20 @@ def safe_url(url: str) -> str:
 
 
 def open_store(
-    url: str, *, rules: Rules, clock: Clock, timeout: float, failpoints: FailPoints
+    url: str,
+    *,
+    rules: Rules,
+    clock: Clock,
+    timeout: float,
+    failpoints: FailPoints,
+    create: bool = True,
 ) -> EventStore:
     """The store for ``url`` (not yet opened): ``sqlite:///path``."""
     scheme = url.split(":", 1)[0].lower()
     if scheme == "sqlite":
         from ledger.store.sqlite import SqliteStore
 
-        return SqliteStore(url, rules=rules, clock=clock, timeout=timeout, failpoints=failpoints)
+        return SqliteStore(
+            url, rules=rules, clock=clock, timeout=timeout, failpoints=failpoints, create=create
+        )
     raise ValueError(f"unsupported ledger URL {safe_url(url)!r}: expected sqlite:///path")

@@ -31,6 +31,7 @@ from ledger.errors import (
     ConcurrencyError,
     IdempotencyConflict,
     IncompatibleStore,
+    IntegrityError,
     LedgerClosed,
     LedgerError,
     OutcomeUnknown,
@@ -106,6 +107,13 @@ _parse_time = dt.datetime.fromisoformat
 
 
 def _record(row: Sequence[Any]) -> Record:
+    try:
+        return _unchecked_record(row)
+    except (TypeError, ValueError) as e:
+        raise IntegrityError(f"the record at position {row[0]} is malformed: {e}") from e
+
+
+def _unchecked_record(row: Sequence[Any]) -> Record:
     return Record(
         row[0],
         row[1],
@@ -540,8 +548,10 @@ class SqliteStore:
         timeout: float = 5.0,
         failpoints: FailPoints | None = None,
         poll_interval: float = 0.05,
+        create: bool = True,
     ) -> None:
         self.url = url
+        self.create = create
         self.path = _path_from_url(url)
         self.rules = rules
         self.clock = clock
@@ -574,6 +584,8 @@ class SqliteStore:
     def _connect(self) -> sqlite3.Connection:
         """Open the write connection and bring the schema up to date."""
         if not os.path.exists(self.path):
+            if not self.create:
+                raise IncompatibleStore(f"there is no ledger at {self.path}")
             try:
                 os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
             except FileExistsError:
@@ -725,6 +737,19 @@ class SqliteStore:
     async def record_at(self, position: int) -> Record | None:
         rows = await self._fetch(f"{_SELECT} WHERE position = ?", (position,))
         return _record(rows[0]) if rows else None
+
+    async def position_at(self, recorded_at: dt.datetime) -> int:
+        """The last position recorded at or before ``recorded_at`` (0 if none)."""
+        rows = await self._fetch(
+            "SELECT coalesce(max(position), 0) FROM records WHERE recorded_at <= ?",
+            (timestamp(recorded_at),),
+        )
+        return int(rows[0][0])
+
+    async def count_by_type(self) -> dict[str, int]:
+        """How many records of each event type the log holds."""
+        rows = await self._fetch("SELECT type, count(*) FROM records GROUP BY type ORDER BY type")
+        return {kind: int(count) for kind, count in rows}
 
     async def head(self) -> Head:
         rows = await self._fetch(

@@ -1,0 +1,5 @@
+"""``python -m replay`` runs the ``tradeledger`` command."""
+
+from replay.cli import main
+
+main()

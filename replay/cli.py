@@ -1,0 +1,1325 @@
+"""The ``tradeledger`` command: a thin layer over the library.
+
+Tables for people, ``--json`` for machines. Exit 0 on success, 1 when the
+ledger refuses or verify fails, 2 on usage errors; expected errors print one
+line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import click
+import msgspec
+import structlog
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+from rich.text import Text
+
+import projections as views
+from ledger import LedgerError, open_ledger
+from ledger.book import Append, Ledger
+from ledger.events import canonical_decimal
+from ledger.record import Record
+from ledger.store import safe_url
+from ledger.trade import TradeState
+from replay.anchor import Anchor, load_private_key, load_public_key, new_key, sign
+from replay.rebuild import rebuild as rebuild_views
+from replay.trail import (
+    ExportFile,
+    ExportFilter,
+    describe,
+    parse_line,
+    read_export,
+    record_row,
+    select,
+)
+from replay.trail import (
+    export as export_trail,
+)
+from replay.travel import Cut, travel
+from replay.verify import Problem, Report, verify_records
+from replay.verify import verify as verify_ledger
+
+T = TypeVar("T")
+
+DEFAULT_URL = "sqlite:///tradeledger.db"
+_encode = msgspec.json.Encoder(decimal_format="string").encode
+
+
+class Refused(Exception):
+    """The ledger said no: exit 1 after the message."""
+
+
+# plumbing
+
+
+def _configure_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=False)
+        if sys.stderr.isatty()
+        else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def _run(coro: Awaitable[T]) -> T:
+    async def main() -> T:
+        return await coro
+
+    try:
+        return asyncio.run(main())
+    except Refused as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except LedgerError as e:
+        click.echo(f"error: {type(e).__name__}: {e}", err=True)
+        sys.exit(1)
+    except ValueError as e:
+        click.echo(f"usage error: {e}", err=True)
+        sys.exit(2)
+    except OSError as e:
+        click.echo(f"error: {e.strerror or e}: {getattr(e, 'filename', '') or ''}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _safe(value: object) -> str:
+    """Text for a terminal: control characters shown escaped, never obeyed."""
+    text = "" if value is None else str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _amount(value: Decimal | None) -> str:
+    if value is None:
+        return "-"
+    value = canonical_decimal(value)
+    if -value.as_tuple().exponent > 10:  # type: ignore[operator]
+        value = canonical_decimal(value.quantize(Decimal("1e-10")))
+    return str(value)
+
+
+def _ratio(value: Decimal | None, places: int = 4) -> str:
+    if value is None:
+        return "-"
+    return str(value.quantize(Decimal(1).scaleb(-places)))
+
+
+def _percent(value: Decimal | None) -> str:
+    return "-" if value is None else f"{(value * 100).quantize(Decimal('0.01'))}%"
+
+
+def _when(value: dt.datetime | None) -> str:
+    return "-" if value is None else value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=72)
+    for row in rows:
+        table.add_row(*(Text(_safe(cell)) for cell in row))
+    # piped output is for reading later, not for an 80-column window
+    width = None if sys.stdout.isatty() else 240
+    Console(markup=False, highlight=False, soft_wrap=False, width=width).print(table)
+
+
+def _json(value: object) -> None:
+    click.echo(_encode(value).decode())
+
+
+def _moment(text: str | None, name: str) -> dt.datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError as e:
+        raise click.BadParameter(f"not an ISO 8601 time: {text!r}", param_hint=name) from e
+    if moment.utcoffset() is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment
+
+
+class Source:
+    """The views a query command reads: the live ledger, or a cut of it."""
+
+    def __init__(self, book: Ledger | None, cut: Cut | None) -> None:
+        self.book = book
+        self.cut = cut
+
+    def view(self, cls: type[T]) -> T:
+        if self.cut is not None:
+            return self.cut.view(cls)
+        assert self.book is not None
+        return self.book.view(cls)
+
+    @property
+    def inconsistent(self) -> dict[str, str]:
+        return self.cut.inconsistent if self.cut is not None else {}
+
+
+@contextlib.asynccontextmanager
+async def _views(
+    url: str,
+    cut: dict[str, Any],
+    *,
+    starting_equity: Decimal = Decimal(0),
+    annualization_days: int = 365,
+) -> AsyncIterator[Source]:
+    chosen = {k: v for k, v in cut.items() if v is not None}
+    if len(chosen) > 1:
+        raise click.UsageError("give at most one of --as-of, --known-at, --at-position")
+    defaults = starting_equity == 0 and annualization_days == 365
+    standard = views.standard(
+        starting_equity=starting_equity, annualization_days=annualization_days
+    )
+    if not chosen and defaults:
+        async with open_ledger(url, standard, create=False) as book:
+            yield Source(book, None)
+        return
+    if not chosen:
+        # other settings than the stored views': fold the whole log in memory
+        async with open_ledger(url, create=False) as book:
+            head = await book.store.head()
+        chosen = {"at_position": head.position}
+    async with open_ledger(url, create=False):
+        pass  # a clear error when there is no ledger, before folding anything
+    async with travel(url, standard, **chosen) as found:
+        yield Source(None, found)
+
+
+def _cut_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")(
+        command
+    )
+    command = click.option(
+        "--at-position",
+        type=click.IntRange(min=0),
+        help="The book as the log stood at this position.",
+    )(command)
+    command = click.option(
+        "--known-at", metavar="TIME", help="The book as the ledger knew it at TIME (recorded time)."
+    )(command)
+    command = click.option(
+        "--as-of", metavar="TIME", help="The book as events had occurred by TIME (event time)."
+    )(command)
+    return command
+
+
+def _cut(as_of: str | None, known_at: str | None, at_position: int | None) -> dict[str, Any]:
+    return {
+        "as_of": _moment(as_of, "--as-of"),
+        "known_at": _moment(known_at, "--known-at"),
+        "at_position": at_position,
+    }
+
+
+def _warn_inconsistent(source: Source, as_json: bool) -> None:
+    if source.inconsistent and not as_json:
+        for trade_id, reason in source.inconsistent.items():
+            click.echo(
+                f"inconsistent at this cut: trade {_safe(trade_id)}: {_safe(reason)}", err=True
+            )
+
+
+# the command group
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--url",
+    envvar="TRADELEDGER_URL",
+    default=DEFAULT_URL,
+    show_default=True,
+    help="The ledger: sqlite:///path (default from TRADELEDGER_URL).",
+)
+@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug) to stderr.")
+@click.version_option(package_name="tradeledger")
+@click.pass_context
+def main(ctx: click.Context, url: str, verbose: int) -> None:
+    """tradeledger: an event-sourced trade ledger for trading bots.
+
+    \b
+    Example:
+      tradeledger --url sqlite:///bot.db positions
+    """
+    _configure_logging(verbose)
+    ctx.obj = url
+
+
+@main.command()
+@click.argument("source", type=click.File("rb"))
+@click.option("--atomic", is_flag=True, help="All lines or none: one bad line writes nothing.")
+@click.pass_obj
+def record(url: str, source: IO[bytes], atomic: bool) -> None:
+    """Record event JSON Lines from FILE (or - for stdin); one JSON line out per durable event.
+
+    Each line is an event's fields with its "type", plus optional "event_id",
+    "expected_version" and "metadata"; export files are accepted too.
+
+    \b
+    Example:
+      echo '{"type":"StopMoved","trade_id":"t1","stop_price":"101","occurred_at":"2026-01-05T10:00:00Z"}' \\
+        | tradeledger record -
+    """
+    _run(_record(url, source, atomic))
+
+
+def _ack(number: int, record: Record) -> None:
+    click.echo(
+        _encode(
+            {
+                "line": number,
+                "position": record.position,
+                "stream_id": record.stream_id,
+                "version": record.version,
+                "event_id": record.event_id,
+                "hash": record.hash,
+            }
+        ).decode()
+    )
+    sys.stdout.flush()
+
+
+def _bad(number: int, error: LedgerError) -> None:
+    click.echo(_encode({"line": number, **describe(error)}).decode(), err=True)
+
+
+async def _record(url: str, source: IO[bytes], atomic: bool) -> None:
+    parsed: list[tuple[int, Append]] = []
+    refused = 0
+    for number, raw in enumerate(source, start=1):
+        line = raw.rstrip(b"\r\n")
+        if not line.strip():
+            continue
+        try:
+            item = parse_line(line)
+        except LedgerError as e:
+            _bad(number, e)
+            refused += 1
+            continue
+        if item is not None:
+            parsed.append((number, item))
+    if atomic and refused:
+        raise Refused(f"{refused} bad line(s); --atomic: nothing was recorded")
+    async with open_ledger(url) as book:
+        if atomic:
+            if parsed:
+                try:
+                    records = await book.record_batch([item for _, item in parsed])
+                except LedgerError as e:
+                    raise Refused(f"the batch was refused, nothing was recorded: {e}") from e
+                for (number, _), found in zip(parsed, records, strict=True):
+                    _ack(number, found)
+            return
+        refused += await _record_each(book, parsed)
+    if refused:
+        raise Refused(f"{refused} line(s) refused; the others are recorded")
+
+
+async def _record_each(book: Ledger, parsed: list[tuple[int, Append]]) -> int:
+    """Record lines in order, many in flight (they share commits), acknowledged in order."""
+    refused = 0
+    window: list[tuple[int, asyncio.Task[Record]]] = []
+
+    async def settle(number: int, task: asyncio.Task[Record]) -> None:
+        nonlocal refused
+        try:
+            _ack(number, await task)
+        except LedgerError as e:
+            _bad(number, e)
+            refused += 1
+
+    for number, item in parsed:
+        # tasks take their first step in creation order, so lines reach the writer in order
+        task = asyncio.create_task(
+            book.record(
+                item.event,
+                expected_version=item.expected_version,
+                event_id=item.event_id,
+                metadata=item.metadata,
+            )
+        )
+        window.append((number, task))
+        if len(window) >= 256:
+            await settle(*window.pop(0))
+    for number, task in window:
+        await settle(number, task)
+    return refused
+
+
+@main.command()
+@_cut_options
+@click.option("--symbol", help="Only this symbol.")
+@click.option("--account", help="Only this account.")
+@click.option("--strategy", help="Only this strategy.")
+@click.pass_obj
+def positions(
+    url: str,
+    as_of: str | None,
+    known_at: str | None,
+    at_position: int | None,
+    as_json: bool,
+    symbol: str | None,
+    account: str | None,
+    strategy: str | None,
+) -> None:
+    """Open positions: quantity, average entry, stop, target, realized net so far.
+
+    \b
+    Example:
+      tradeledger positions --symbol BTCUSDT --json
+    """
+
+    async def go() -> None:
+        async with _views(url, _cut(as_of, known_at, at_position)) as source:
+            found = source.view(views.OpenPositions).positions(
+                symbol=symbol, account=account, strategy=strategy
+            )
+            _warn_inconsistent(source, as_json)
+        if as_json:
+            _json([_position(t) for t in found])
+            return
+        _table(
+            f"Open positions ({len(found)})",
+            [
+                "trade",
+                "symbol",
+                "side",
+                "qty",
+                "avg entry",
+                "stop",
+                "target",
+                "realized net",
+                "fees",
+                "funding",
+                "ccy",
+                "opened",
+                "strategy",
+            ],
+            [
+                [
+                    t.trade_id,
+                    t.symbol,
+                    t.side,
+                    _amount(t.quantity),
+                    _amount(t.average_entry),
+                    _amount(t.stop_price),
+                    _amount(t.target_price),
+                    _amount(t.net),
+                    _amount(t.fees),
+                    _amount(t.funding),
+                    t.currency,
+                    _when(t.opened_at),
+                    t.strategy or "-",
+                ]
+                for t in found
+            ],
+        )
+
+    _run(go())
+
+
+def _position(trade: TradeState) -> dict[str, Any]:
+    return {
+        "trade_id": trade.trade_id,
+        "symbol": trade.symbol,
+        "side": trade.side,
+        "currency": trade.currency,
+        "quantity": trade.quantity,
+        "average_entry": trade.average_entry,
+        "stop_price": trade.stop_price,
+        "target_price": trade.target_price,
+        "trailing_pct": trade.trailing_pct,
+        "realized_net": trade.net,
+        "gross": trade.gross,
+        "fees": trade.fees,
+        "funding": trade.funding,
+        "multiplier": trade.multiplier,
+        "leverage": trade.leverage,
+        "opened_at": trade.opened_at,
+        "updated_at": trade.updated_at,
+        "strategy": trade.strategy,
+        "account": trade.account,
+        "session": trade.session,
+        "signal_id": trade.signal_id,
+    }
+
+
+_GROUP = click.Choice(["symbol", "strategy", "session", "account", "side"])
+
+
+@main.command()
+@_cut_options
+@click.option(
+    "--group-by", type=_GROUP, help="Group by symbol, strategy, session, account or side."
+)
+@click.option("--currency", help="Only this currency.")
+@click.pass_obj
+def pnl(
+    url: str,
+    as_of: str | None,
+    known_at: str | None,
+    at_position: int | None,
+    as_json: bool,
+    group_by: str | None,
+    currency: str | None,
+) -> None:
+    """Realized PnL per currency: gross, fees, funding, net (open trades' exits included).
+
+    \b
+    Example:
+      tradeledger pnl --group-by symbol
+    """
+
+    async def go() -> None:
+        async with _views(url, _cut(as_of, known_at, at_position)) as source:
+            rows = source.view(views.Pnl).totals(group_by, currency=currency)
+            _warn_inconsistent(source, as_json)
+        if as_json:
+            _json([{**msgspec.to_builtins(r), "net": r.net} for r in rows])
+            return
+        _table(
+            "Realized PnL",
+            [
+                "currency",
+                *([group_by] if group_by else []),
+                "gross",
+                "fees",
+                "funding",
+                "net",
+                "closed trades",
+            ],
+            [
+                [
+                    r.currency,
+                    *([r.group] if group_by else []),
+                    _amount(r.gross),
+                    _amount(r.fees),
+                    _amount(r.funding),
+                    _amount(r.net),
+                    r.closed_trades,
+                ]
+                for r in rows
+            ],
+        )
+
+    _run(go())
+
+
+@main.command()
+@_cut_options
+@click.option(
+    "--group-by", type=_GROUP, help="Group by symbol, strategy, session, account or side."
+)
+@click.option("--currency", help="Only this currency.")
+@click.option("--daily", is_flag=True, help="The daily series instead of the figures.")
+@click.option(
+    "--starting-equity",
+    type=Decimal,
+    default=Decimal(0),
+    show_default=True,
+    help="Equity before the first trade.",
+)
+@click.option(
+    "--annualization-days",
+    type=click.IntRange(min=1),
+    default=365,
+    show_default=True,
+    help="365, or 252 for stock markets.",
+)
+@click.pass_obj
+def performance(
+    url: str,
+    as_of: str | None,
+    known_at: str | None,
+    at_position: int | None,
+    as_json: bool,
+    group_by: str | None,
+    currency: str | None,
+    daily: bool,
+    starting_equity: Decimal,
+    annualization_days: int,
+) -> None:
+    """Performance of closed trades: win rate, profit factor, expectancy, R, SQN, drawdown, Sharpe, Sortino.
+
+    \b
+    Example:
+      tradeledger performance --group-by strategy --starting-equity 10000
+    """
+
+    async def go() -> None:
+        async with _views(
+            url,
+            _cut(as_of, known_at, at_position),
+            starting_equity=starting_equity,
+            annualization_days=annualization_days,
+        ) as source:
+            view = source.view(views.Performance)
+            if daily:
+                days = await view.daily(currency=currency)
+            else:
+                figures = await view.figures(group_by, currency=currency)
+            _warn_inconsistent(source, as_json)
+        if daily:
+            if as_json:
+                _json(days)
+            else:
+                _table(
+                    "Daily",
+                    ["day", "ccy", "trades", "wins", "losses", "net"],
+                    [[d.day, d.currency, d.trades, d.wins, d.losses, _amount(d.net)] for d in days],
+                )
+            return
+        if as_json:
+            _json(figures)
+            return
+        for f in figures:
+            title = f"Performance {f.currency}" + (f" {group_by}={f.group}" if group_by else "")
+            _table(title, ["figure", "value"], _figure_rows(f))
+
+    _run(go())
+
+
+def _figure_rows(f: views.Figures) -> list[list[object]]:
+    return [
+        ["trades (W/L/BE)", f"{f.trades} ({f.wins}/{f.losses}/{f.breakevens})"],
+        ["win rate", _percent(f.win_rate)],
+        ["net", _amount(f.net)],
+        ["gross profit / loss", f"{_amount(f.gross_profit)} / {_amount(f.gross_loss)}"],
+        ["profit factor", _ratio(f.profit_factor)],
+        ["expectancy", _amount(f.expectancy)],
+        ["average win / loss", f"{_amount(f.average_win)} / {_amount(f.average_loss)}"],
+        ["largest win / loss", f"{_amount(f.largest_win)} / {_amount(f.largest_loss)}"],
+        ["average R", _ratio(f.average_r)],
+        ["SQN", _ratio(f.sqn)],
+        ["equity (start -> end)", f"{_amount(f.starting_equity)} -> {_amount(f.ending_equity)}"],
+        [
+            "max drawdown",
+            _amount(f.max_drawdown)
+            + (f" ({_percent(f.max_drawdown_pct)})" if f.max_drawdown_pct is not None else ""),
+        ],
+        [
+            f"Sharpe / Sortino ({f.annualization_days}d, {f.days} days)",
+            f"{_ratio(f.sharpe)} / {_ratio(f.sortino)}",
+        ],
+        ["longest losing streak", f.longest_losing_streak],
+        [
+            "average holding",
+            "-"
+            if f.average_holding_seconds is None
+            else f"{_ratio(f.average_holding_seconds / 3600, 2)} h",
+        ],
+    ]
+
+
+@main.command()
+@_cut_options
+@click.option("--symbol")
+@click.option("--side", type=click.Choice(["long", "short"]))
+@click.option("--strategy")
+@click.option("--session")
+@click.option("--pattern")
+@click.option("--account")
+@click.option("--outcome", type=click.Choice(["win", "loss", "breakeven"]))
+@click.option(
+    "--since", metavar="TIME", help="Closed (or opened, with --by opened) at or after TIME."
+)
+@click.option("--until", metavar="TIME", help="... and before TIME.")
+@click.option("--by", type=click.Choice(["closed", "opened"]), default="closed", show_default=True)
+@click.option(
+    "--sort-by",
+    type=click.Choice(["closed_at", "opened_at", "net", "r"]),
+    default="closed_at",
+    show_default=True,
+)
+@click.option("--desc", is_flag=True, help="Sort descending.")
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@click.pass_obj
+def history(
+    url: str,
+    as_of: str | None,
+    known_at: str | None,
+    at_position: int | None,
+    as_json: bool,
+    symbol: str | None,
+    side: str | None,
+    strategy: str | None,
+    session: str | None,
+    pattern: str | None,
+    account: str | None,
+    outcome: str | None,
+    since: str | None,
+    until: str | None,
+    by: str,
+    sort_by: str,
+    desc: bool,
+    limit: int,
+    offset: int,
+) -> None:
+    """Closed trades with their figures, filtered, sorted and paged.
+
+    \b
+    Example:
+      tradeledger history --symbol ETHUSDT --since 2026-01-01 --sort-by net --desc --limit 10
+    """
+
+    async def go() -> None:
+        async with _views(url, _cut(as_of, known_at, at_position)) as source:
+            page = await source.view(views.TradeHistory).trades(
+                start=_moment(since, "--since"),
+                end=_moment(until, "--until"),
+                by=by,  # type: ignore[arg-type]
+                symbol=symbol,
+                side=side,
+                strategy=strategy,
+                session=session,
+                pattern=pattern,
+                account=account,
+                outcome=outcome,
+                sort_by=sort_by,  # type: ignore[arg-type]
+                descending=desc,
+                limit=limit,
+                offset=offset,
+            )
+            _warn_inconsistent(source, as_json)
+        if as_json:
+            _json(page)
+            return
+        _table(
+            f"Closed trades {offset + 1 if page.trades else 0}-{offset + len(page.trades)} of {page.total}",
+            [
+                "trade",
+                "symbol",
+                "side",
+                "qty",
+                "entry",
+                "exit",
+                "net",
+                "fees",
+                "R",
+                "outcome",
+                "reason",
+                "closed",
+                "ccy",
+            ],
+            [
+                [
+                    t.trade_id,
+                    t.symbol,
+                    t.side,
+                    _amount(t.quantity),
+                    _amount(t.average_entry),
+                    _amount(t.average_exit),
+                    _amount(t.net),
+                    _amount(t.fees),
+                    _ratio(t.r, 2),
+                    t.outcome,
+                    t.close_reason,
+                    _when(t.closed_at),
+                    t.currency,
+                ]
+                for t in page.trades
+            ],
+        )
+
+    _run(go())
+
+
+@main.command()
+@_cut_options
+@click.option("--symbol")
+@click.option("--strategy")
+@click.option("--session")
+@click.option(
+    "--followed/--not-followed",
+    default=None,
+    help="Only signals that did / did not lead to a trade.",
+)
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@click.pass_obj
+def signals(
+    url: str,
+    as_of: str | None,
+    known_at: str | None,
+    at_position: int | None,
+    as_json: bool,
+    symbol: str | None,
+    strategy: str | None,
+    session: str | None,
+    followed: bool | None,
+    limit: int,
+    offset: int,
+) -> None:
+    """Signals, and the trade each led to.
+
+    \b
+    Example:
+      tradeledger signals --not-followed --json
+    """
+
+    async def go() -> None:
+        async with _views(url, _cut(as_of, known_at, at_position)) as source:
+            page = await source.view(views.Signals).signals(
+                symbol=symbol,
+                strategy=strategy,
+                session=session,
+                followed=followed,
+                limit=limit,
+                offset=offset,
+            )
+        if as_json:
+            _json(page)
+            return
+        _table(
+            f"Signals ({page.total})",
+            [
+                "signal",
+                "time",
+                "symbol",
+                "side",
+                "confidence",
+                "entry",
+                "stop",
+                "target",
+                "strategy",
+                "trade",
+            ],
+            [
+                [
+                    s.signal_id,
+                    _when(s.occurred_at),
+                    s.symbol,
+                    s.side,
+                    _amount(s.confidence),
+                    _amount(s.entry_price),
+                    _amount(s.stop_price),
+                    _amount(s.target_price),
+                    s.strategy or "-",
+                    s.trade_id or "-",
+                ]
+                for s in page.signals
+            ],
+        )
+
+    _run(go())
+
+
+@main.command()
+@_cut_options
+@click.option("--name", help="Only this parameter.")
+@click.option(
+    "--changed-by", type=click.Choice(["system_auto", "learning_agent", "manual", "emergency"])
+)
+@click.option("--current", is_flag=True, help="The latest value of every parameter.")
+@click.pass_obj
+def parameters(
+    url: str,
+    as_of: str | None,
+    known_at: str | None,
+    at_position: int | None,
+    as_json: bool,
+    name: str | None,
+    changed_by: str | None,
+    current: bool,
+) -> None:
+    """The parameter-change trail (or --current values).
+
+    \b
+    Example:
+      tradeledger parameters --name risk_per_trade
+    """
+
+    async def go() -> None:
+        async with _views(url, _cut(as_of, known_at, at_position)) as source:
+            view = source.view(views.Parameters)
+            latest = await view.current() if current else {}
+            changes = [] if current else await view.changes(name=name, changed_by=changed_by)
+        if current:
+            if as_json:
+                _json(latest)
+            else:
+                _table("Parameters", ["name", "value"], [[k, v] for k, v in latest.items()])
+            return
+        if as_json:
+            _json(changes)
+            return
+        _table(
+            "Parameter changes",
+            ["time", "name", "old", "new", "by", "reason", "scope"],
+            [
+                [
+                    _when(c.occurred_at),
+                    c.name,
+                    c.old_value,
+                    c.new_value,
+                    c.changed_by,
+                    c.reason or "-",
+                    c.scope or "-",
+                ]
+                for c in changes
+            ],
+        )
+
+    _run(go())
+
+
+def _filters(command: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(
+        [
+            click.option(
+                "--stream",
+                "stream_id",
+                help="Only this stream (trade-<id>, signal-<id>, parameters).",
+            ),
+            click.option("--type", "event_type", help="Only this event type."),
+            click.option(
+                "--correlation-id", help="Only records with this metadata correlation_id."
+            ),
+            click.option("--from-position", type=click.IntRange(min=1), help="From this position."),
+            click.option("--to-position", type=click.IntRange(min=1), help="Up to this position."),
+            click.option("--since", metavar="TIME", help="Occurred at or after TIME."),
+            click.option("--until", metavar="TIME", help="Occurred at or before TIME."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _where(
+    stream_id: str | None,
+    event_type: str | None,
+    correlation_id: str | None,
+    from_position: int | None,
+    to_position: int | None,
+    since: str | None,
+    until: str | None,
+) -> ExportFilter:
+    return ExportFilter(
+        start=from_position,
+        stop=to_position,
+        since=_moment(since, "--since"),
+        until=_moment(until, "--until"),
+        stream_id=stream_id,
+        type=event_type,
+        correlation_id=correlation_id,
+    )
+
+
+@main.command()
+@_filters
+@click.option(
+    "--at-position", type=click.IntRange(min=0), help="As the log stood at this position."
+)
+@click.option("--known-at", metavar="TIME", help="As the ledger knew it at TIME.")
+@click.option("--as-of", metavar="TIME", help="Events that had occurred by TIME.")
+@click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON Lines for machines.")
+@click.pass_obj
+def events(
+    url: str,
+    stream_id: str | None,
+    event_type: str | None,
+    correlation_id: str | None,
+    from_position: int | None,
+    to_position: int | None,
+    since: str | None,
+    until: str | None,
+    at_position: int | None,
+    known_at: str | None,
+    as_of: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """The raw audit trail, filtered by stream, type, correlation id, position or time.
+
+    \b
+    Example:
+      tradeledger events --stream trade-t42 --json
+    """
+
+    async def go() -> None:
+        where = _where(
+            stream_id, event_type, correlation_id, from_position, to_position, since, until
+        )
+        async with open_ledger(url, create=False) as book:
+            stop = where.stop
+            if at_position is not None:
+                stop = at_position if stop is None else min(stop, at_position)
+            moment = _moment(known_at, "--known-at")
+            if moment is not None:
+                known = await book.store.position_at(moment)
+                stop = known if stop is None else min(stop, known)
+            cutoff = _moment(as_of, "--as-of")
+            if cutoff is not None:
+                where = msgspec.structs.replace(
+                    where, until=cutoff if where.until is None else min(where.until, cutoff)
+                )
+            where = msgspec.structs.replace(where, stop=stop)
+            found: list[Record] = []
+            if stop != 0:
+                async for record in select(book.store, where):
+                    found.append(record)
+                    if len(found) >= limit:
+                        break
+        if as_json:
+            for record in found:
+                click.echo(_encode(record_row(record)).decode())
+            return
+        _table(
+            f"Events ({len(found)})",
+            ["pos", "occurred", "recorded", "stream", "v", "type", "data", "metadata"],
+            [
+                [
+                    r.position,
+                    _when(r.occurred_at),
+                    _when(r.recorded_at),
+                    r.stream_id,
+                    r.version,
+                    r.type,
+                    r.data,
+                    r.metadata if r.metadata != "{}" else "",
+                ]
+                for r in found
+            ],
+        )
+
+    _run(go())
+
+
+@main.command()
+@click.option(
+    "--anchor",
+    "anchor_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="An anchor line from `tradeledger anchor`.",
+)
+@click.option(
+    "--public-key",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The public key the anchor was signed with.",
+)
+@click.option(
+    "--file",
+    "export_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Verify an export offline instead of the ledger.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+def verify(
+    url: str,
+    anchor_file: str | None,
+    public_key: str | None,
+    export_file: str | None,
+    as_json: bool,
+) -> None:
+    """Re-hash the whole log and check it; exit 1 naming the first bad position.
+
+    \b
+    Example:
+      tradeledger verify --anchor anchor.json --public-key ledger.key.pub
+    """
+    if bool(anchor_file) != bool(public_key):
+        raise click.UsageError("--anchor and --public-key go together")
+
+    async def go() -> None:
+        anchors = []
+        if anchor_file and public_key:
+            key = load_public_key(public_key)
+            for line in Path(anchor_file).read_text().splitlines():
+                if line.strip():
+                    anchors.append((Anchor.parse(line), key))
+        if export_file:
+            info = ExportFile()
+            with open(export_file, encoding="utf-8") as f:
+
+                async def records() -> AsyncIterator[Record]:
+                    for found in read_export(f, info):
+                        yield found
+
+                report = await verify_records(records(), anchors=anchors)
+            _check_trailer(report, info)
+        else:
+            with _progress("verifying") as tick:
+                report = await verify_ledger(url, anchors=anchors, progress=tick)
+        if as_json:
+            _json(report)
+        else:
+            _print_report(report, export_file or safe_url(url))
+        if not report.ok:
+            sys.exit(1)
+
+    _run(go())
+
+
+def _check_trailer(report: Report, info: ExportFile) -> None:
+    trailer = info.trailer
+    if trailer is None:
+        report.problems.append(
+            _problem(None, "the export has no trailer: it may have been cut short")
+        )
+    elif trailer.records != report.records or (trailer.last_hash or "") != (
+        report.head_hash if report.records else ""
+    ):
+        report.problems.append(
+            _problem(
+                None, "the export's trailer does not match its records: lines were added or removed"
+            )
+        )
+    if report.problems:
+        report.ok = False
+        report.first_bad = report.first_bad or report.problems[0]
+
+
+def _problem(position: int | None, reason: str) -> Problem:
+    return Problem(position, reason)
+
+
+def _print_report(report: Report, where: str) -> None:
+    if report.ok:
+        scope = (
+            ""
+            if report.complete
+            else " (a partial export: links before its first record not checked)"
+        )
+        click.echo(
+            f"ok: {where}: {report.records} records, head {report.head_position} {report.head_hash}, "
+            f"{report.checkpoints} checkpoint(s), {report.anchors} anchor(s) verified{scope}"
+        )
+        return
+    first = report.first_bad
+    assert first is not None
+    at = f"position {first.position}" if first.position is not None else "the anchor"
+    click.echo(f"FAILED: {where}: first bad: {at}: {_safe(first.reason)}")
+    for problem in report.problems[1:10]:
+        click.echo(f"  also: position {problem.position}: {_safe(problem.reason)}")
+
+
+@contextlib.contextmanager
+def _progress(label: str) -> Any:
+    if not sys.stderr.isatty():
+        yield None
+        return
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=None)
+
+        def tick(done: int, total: int | None = None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield tick
+
+
+@main.command()
+@click.option(
+    "--key",
+    "key_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The Ed25519 private key to sign with.",
+)
+@click.option(
+    "--new-key",
+    "new_key_file",
+    type=click.Path(dir_okay=False),
+    help="Write a new key pair (PATH and PATH.pub) and exit.",
+)
+@click.pass_obj
+def anchor(url: str, key_file: str | None, new_key_file: str | None) -> None:
+    """Sign the current head (position and hash) and print the anchor as one JSON line.
+
+    Keep the line somewhere else (another host, write-once storage); `verify
+    --anchor` later proves the log still holds exactly that head.
+
+    \b
+    Example:
+      tradeledger anchor --new-key ledger.key
+      tradeledger anchor --key ledger.key >> anchors.jsonl
+    """
+    if new_key_file:
+        if os.path.exists(new_key_file):
+            raise click.UsageError(f"{new_key_file} exists; not overwriting a key")
+        private, public = new_key(new_key_file)
+        click.echo(f"wrote {private} (private, owner-only) and {public} (public)")
+        return
+    if not key_file:
+        raise click.UsageError("give --key KEYFILE (or --new-key PATH to make one)")
+
+    async def go() -> None:
+        key = load_private_key(key_file)
+        async with open_ledger(url, create=False) as book:
+            head = await book.store.head()
+            signed = sign(await book.store.ledger_id(), head.position, head.hash, key, book.clock())
+        click.echo(_encode(signed).decode())
+
+    _run(go())
+
+
+@main.command(name="export")
+@_filters
+@click.option(
+    "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
+)
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False), help="Write to this file instead of stdout."
+)
+@click.pass_obj
+def export_command(
+    url: str,
+    stream_id: str | None,
+    event_type: str | None,
+    correlation_id: str | None,
+    from_position: int | None,
+    to_position: int | None,
+    since: str | None,
+    until: str | None,
+    fmt: str,
+    output: str | None,
+) -> None:
+    """Export the audit trail (every field, hashes included) as JSON Lines or CSV.
+
+    \b
+    Example:
+      tradeledger export -o trail.jsonl && tradeledger verify --file trail.jsonl
+    """
+
+    async def go() -> None:
+        where = _where(
+            stream_id, event_type, correlation_id, from_position, to_position, since, until
+        )
+        async with open_ledger(url, create=False) as book:
+            if output:
+                with open(output, "w", encoding="utf-8", newline="") as out:
+                    trailer = await export_trail(
+                        book.store, out, where=where, format=fmt, exported_at=book.clock()
+                    )
+                click.echo(f"exported {trailer.records} records to {output}", err=True)
+            else:
+                await export_trail(
+                    book.store, sys.stdout, where=where, format=fmt, exported_at=book.clock()
+                )
+
+    _run(go())
+
+
+@main.command()
+@click.pass_obj
+def rebuild(url: str) -> None:
+    """Rebuild every view from position 1 and checkpoint it.
+
+    \b
+    Example:
+      tradeledger rebuild
+    """
+
+    async def go() -> None:
+        with _progress("rebuilding") as tick:
+            position = await rebuild_views(url, views.standard(), progress=tick)
+        click.echo(f"rebuilt every view to position {position}")
+
+    _run(go())
+
+
+@main.command()
+@click.option(
+    "--from-position",
+    type=click.IntRange(min=1),
+    help="Start here (default: after the current head).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON Lines.")
+@click.option("--limit", type=click.IntRange(min=1), help="Stop after this many records.")
+@click.pass_obj
+def tail(url: str, from_position: int | None, as_json: bool, limit: int | None) -> None:
+    """Follow new records as they become durable, also those of other processes.
+
+    \b
+    Example:
+      tradeledger tail --json | jq .type
+    """
+
+    async def go() -> None:
+        async with open_ledger(url, create=False) as book:
+            start = from_position or (await book.store.head()).position + 1
+            count = 0
+            async for found in book.store.subscribe(start):
+                if as_json:
+                    click.echo(_encode(record_row(found)).decode())
+                else:
+                    click.echo(
+                        f"{found.position:>8} {_when(found.occurred_at)} {_safe(found.stream_id)} v{found.version} {found.type} {_safe(found.data)}"
+                    )
+                sys.stdout.flush()
+                count += 1
+                if limit is not None and count >= limit:
+                    return
+
+    _run(go())
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def info(url: str, as_json: bool) -> None:
+    """The store, its durability, the head, counts by event type and checkpoints.
+
+    \b
+    Example:
+      tradeledger info --json
+    """
+
+    async def go() -> None:
+        async with open_ledger(url, create=False) as book:
+            store = book.store
+            head = await store.head()
+            counts = await store.count_by_type()
+            checkpoints = await store.load_checkpoints()
+            facts = {
+                "store": type(store).__name__,
+                "location": safe_url(url),
+                "ledger_id": await store.ledger_id(),
+                "durability": store.durability,
+                "head_position": head.position,
+                "head_hash": head.hash,
+                "last_recorded_at": head.recorded_at,
+                "events_by_type": dict(sorted(counts.items())),
+                "checkpoints": {
+                    c.name: c.position for c in sorted(checkpoints.values(), key=lambda c: c.name)
+                },
+            }
+        if as_json:
+            _json(facts)
+            return
+        rows = [[k, v] for k, v in facts.items() if k not in ("events_by_type", "checkpoints")]
+        rows += [[f"events: {k}", v] for k, v in facts["events_by_type"].items()]  # type: ignore[attr-defined]
+        rows += [[f"checkpoint: {k}", v] for k, v in facts["checkpoints"].items()]  # type: ignore[attr-defined]
+        _table("Ledger", ["", ""], rows)
+
+    _run(go())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
