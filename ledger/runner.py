@@ -119,6 +119,8 @@ class Runner:
         self._checkpointed = 0
         self._saving: asyncio.Task[None] | None = None
         self._log = structlog.get_logger("tradeledger")
+        self.restored: dict[str, int] = {}
+        self.replayed = 0
 
     @property
     def active(self) -> bool:
@@ -178,6 +180,8 @@ class Runner:
             record = await self.store.record_at(self.position)
             self.hash = record.hash if record is not None else GENESIS
         self._checkpointed = min([self._fold_at, *(self._at[s.name] for s in self.states)])
+        self.restored = {name: position for name, position in self._at.items() if position}
+        self.replayed = head.position - self.position
         await self._catch_up(head.position)
 
     def _setup_tables(self, conn: sqlite3.Connection) -> dict[str, tuple[str, int, str]]:
