@@ -301,6 +301,11 @@ _FIELD_KINDS: dict[type[Event], dict[str, str | None]] = {
 
 def canonical_decimal(value: Decimal) -> Decimal:
     """The one form of a finite decimal: no exponent, no trailing zeros, no negative zero."""
+    sign, digits, exponent = value.as_tuple()
+    if exponent == 0 and not (sign and digits == (0,)):
+        return value  # an integer written without exponent: already canonical
+    if isinstance(exponent, int) and exponent < 0 and digits[-1] != 0:
+        return value  # a fraction without trailing zeros: already canonical
     text = format(value.normalize(_WIDE), "f")
     if text.startswith("-") and Decimal(text) == 0:
         text = text[1:]

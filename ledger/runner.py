@@ -112,6 +112,7 @@ class Runner:
         self.position = 0
         self.hash = GENESIS
         self._at: dict[str, int] = {}
+        self._ahead = 0  # the furthest any view stood at open; below it, views are uneven
         self._fold_at = 0
         self._lock = asyncio.Lock()
         self._pending: dict[int, Record] = {}
@@ -181,6 +182,7 @@ class Runner:
             self.hash = record.hash if record is not None else GENESIS
         self._checkpointed = min([self._fold_at, *(self._at[s.name] for s in self.states)])
         self.restored = {name: position for name, position in self._at.items() if position}
+        self._ahead = max(self._at.values())
         self.replayed = head.position - self.position
         await self._catch_up(head.position)
 
@@ -245,8 +247,10 @@ class Runner:
 
     def _feed(self, step: Step) -> None:
         position = step.record.position
+        # After open, every view stands at the same position: skip the per-view check.
+        uneven = self._ahead >= position
         for projection in self.projections:
-            if self._at[projection.name] >= position or projection.faulted:
+            if projection.faulted is not None or (uneven and self._at[projection.name] >= position):
                 continue
             try:
                 projection.apply(step)
@@ -255,7 +259,6 @@ class Runner:
                 self._log.error(
                     "projection_faulted", view=projection.name, position=position, error=repr(e)
                 )
-            self._at[projection.name] = position
 
     async def _catch_up(
         self, target: int, progress: Callable[[int, int], None] | None = None
@@ -354,6 +357,7 @@ class Runner:
         await self.read_model.transact(self._setup_tables, durable=False)
         await self.read_model.transact(lambda conn: self._reset_tables(conn, self.tables))
         self._at = {p.name: 0 for p in self.projections}
+        self._ahead = 0
         self.position, self.hash = 0, GENESIS
 
     async def rebuild(self, progress: Callable[[int, int], None] | None = None) -> None:
@@ -452,6 +456,6 @@ class Runner:
     def positions(self) -> dict[str, Any]:
         """Each view's position and fault, for ``info``."""
         return {
-            p.name: {"position": self._at.get(p.name, 0), "faulted": p.faulted}
+            p.name: {"position": max(self.position, self._at.get(p.name, 0)), "faulted": p.faulted}
             for p in self.projections
         }

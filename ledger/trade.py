@@ -1,7 +1,8 @@
 """The one fold of a trade's stream into its state, and the rules it enforces.
 
-Accounting is exact ``Decimal`` in the library's own context (``CONTEXT``),
-never the caller's. With d = +1 for long and -1 for short, m the multiplier,
+Accounting is exact ``Decimal`` in the library's own context (``CONTEXT``, 80
+digits: sums and products of 32-digit inputs stay exact), never the caller's;
+quotients use ``RATIO`` (34 digits). With d = +1 for long and -1 for short, m the multiplier,
 Q the open quantity and C its open cost:
 
 - an entry fill of q at p: C += q*p, Q += q (fees are not part of C);
@@ -43,10 +44,20 @@ from ledger.events import (
     TradeReduced,
 )
 
-__all__ = ["CONTEXT", "StreamState", "TradeState", "evolve", "fold"]
+__all__ = ["CONTEXT", "RATIO", "StreamState", "TradeState", "evolve", "fold"]
 
 CONTEXT = decimal.Context(
     prec=80,
+    rounding=decimal.ROUND_HALF_EVEN,
+    Emax=999_999,
+    Emin=-999_999,
+    traps=[decimal.InvalidOperation, decimal.DivisionByZero, decimal.Overflow],
+)
+
+# Ratios (averages, return, ROE, R) are quotients: 34 significant digits, the
+# precision of IEEE decimal128, is the design's floor and plenty for them.
+RATIO = decimal.Context(
+    prec=34,
     rounding=decimal.ROUND_HALF_EVEN,
     Emax=999_999,
     Emin=-999_999,
@@ -106,64 +117,53 @@ class TradeState(msgspec.Struct, frozen=True, kw_only=True):
         return 1 if self.side == "long" else -1
 
     @property
-    def average_entry(self) -> Decimal | None:
+    def average_entry(self) -> Decimal:
         """C/Q while open; the average entry of all entry fills once closed."""
-        with decimal.localcontext(CONTEXT):
-            if self.quantity:
-                return self.cost / self.quantity
-            return self.entry_cost / self.entry_quantity
+        if self.quantity:
+            return RATIO.divide(self.cost, self.quantity)
+        return RATIO.divide(self.entry_cost, self.entry_quantity)
 
     @property
     def average_exit(self) -> Decimal | None:
         """The quantity-weighted average exit price, None before any exit."""
         if not self.exit_quantity:
             return None
-        with decimal.localcontext(CONTEXT):
-            return self.exit_value / self.exit_quantity
+        return RATIO.divide(self.exit_value, self.exit_quantity)
 
     @property
     def net(self) -> Decimal:
         """Realized net so far: gross - fees + funding."""
-        with decimal.localcontext(CONTEXT):
-            return self.gross - self.fees + self.funding
+        return CONTEXT.add(CONTEXT.subtract(self.gross, self.fees), self.funding)
 
     @property
     def invested(self) -> Decimal:
         """The sum over entry fills of q*p*m."""
-        with decimal.localcontext(CONTEXT):
-            return self.entry_cost * self.multiplier
+        return CONTEXT.multiply(self.entry_cost, self.multiplier)
 
     @property
     def margin_used(self) -> Decimal:
         """The margin given at the open, else invested / leverage."""
         if self.margin is not None:
             return self.margin
-        with decimal.localcontext(CONTEXT):
-            return self.invested / self.leverage
+        return RATIO.divide(self.invested, self.leverage)
 
     @property
     def return_fraction(self) -> Decimal:
         """net / invested."""
-        with decimal.localcontext(CONTEXT):
-            return self.net / self.invested
+        return RATIO.divide(self.net, self.invested)
 
     @property
     def roe(self) -> Decimal:
         """net / margin."""
-        with decimal.localcontext(CONTEXT):
-            return self.net / self.margin_used
+        return RATIO.divide(self.net, self.margin_used)
 
     @property
     def initial_risk(self) -> Decimal | None:
         """q0*m*|price0 - stop0| from the open; None without an initial stop."""
         if self.initial_stop is None:
             return None
-        with decimal.localcontext(CONTEXT):
-            return (
-                self.initial_quantity
-                * self.multiplier
-                * abs(self.initial_price - self.initial_stop)
-            )
+        spread = abs(CONTEXT.subtract(self.initial_price, self.initial_stop))
+        return CONTEXT.multiply(CONTEXT.multiply(self.initial_quantity, self.multiplier), spread)
 
     @property
     def r_multiple(self) -> Decimal | None:
@@ -171,8 +171,7 @@ class TradeState(msgspec.Struct, frozen=True, kw_only=True):
         risk = self.initial_risk
         if not risk:
             return None
-        with decimal.localcontext(CONTEXT):
-            return self.net / risk
+        return RATIO.divide(self.net, risk)
 
     @property
     def outcome(self) -> str:

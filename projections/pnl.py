@@ -13,7 +13,7 @@ from decimal import Decimal
 import msgspec
 
 from ledger.projection import StateProjection, Step
-from ledger.trade import CONTEXT
+from ledger.trade import CONTEXT, TradeState
 from projections.grouping import check_group, keys
 
 _ZERO = Decimal(0)
@@ -47,6 +47,19 @@ class _Totals(msgspec.Struct, array_like=True):
     closed: int = 0
 
 
+class _Settled(msgspec.Struct, array_like=True):
+    """What of an open trade is already in the totals."""
+
+    gross: Decimal = _ZERO
+    fees: Decimal = _ZERO
+    funding: Decimal = _ZERO
+
+
+class _State(msgspec.Struct, array_like=True):
+    totals: list[_Totals]
+    settled: dict[str, _Settled]
+
+
 class Pnl(StateProjection):
     """Realized gross, fees, funding and net per currency, optionally by group.
 
@@ -59,48 +72,76 @@ class Pnl(StateProjection):
 
     def __init__(self) -> None:
         self._totals: dict[tuple[str, str, str], _Totals] = {}
+        # An open trade's figures move with each fill; they reach the group totals
+        # when it closes or when someone looks, so a fill costs one dict write.
+        self._changed: dict[str, TradeState] = {}
+        self._settled: dict[str, _Settled] = {}
 
     def apply(self, step: Step) -> None:
         after = step.after
         if after is None:
             return
         before = step.before
-        with decimal.localcontext(CONTEXT):
-            gross = after.gross - (before.gross if before else _ZERO)
-            fees = after.fees - (before.fees if before else _ZERO)
-            funding = after.funding - (before.funding if before else _ZERO)
-        closed = (
-            1 if after.closed_at is not None and (before is None or before.closed_at is None) else 0
-        )
-        if not (gross or fees or funding or closed):
+        closing = after.closed_at is not None
+        if (
+            before is not None
+            and not closing
+            and after.gross == before.gross
+            and after.fees == before.fees
+            and after.funding == before.funding
+        ):
             return
-        for kind, value in keys(after):
-            key = (kind, value, after.currency)
+        self._changed[after.trade_id] = after
+        if closing:
+            self._settle(after.trade_id)
+
+    def _settle(self, trade_id: str) -> None:
+        trade = self._changed.pop(trade_id)
+        closing = trade.closed_at is not None
+        base = self._settled.pop(trade_id, None) if closing else self._settled.get(trade_id)
+        ctx = CONTEXT
+        gross, fees, funding = trade.gross, trade.fees, trade.funding
+        if base is not None:
+            gross = ctx.subtract(gross, base.gross)
+            fees = ctx.subtract(fees, base.fees)
+            funding = ctx.subtract(funding, base.funding)
+        for kind, value in keys(trade):
+            key = (kind, value, trade.currency)
             totals = self._totals.get(key)
             if totals is None:
-                totals = self._totals[key] = _Totals(kind, value, after.currency)
-            with decimal.localcontext(CONTEXT):
-                totals.gross += gross
-                totals.fees += fees
-                totals.funding += funding
-            totals.closed += closed
+                totals = self._totals[key] = _Totals(kind, value, trade.currency)
+            totals.gross = ctx.add(totals.gross, gross)
+            totals.fees = ctx.add(totals.fees, fees)
+            totals.funding = ctx.add(totals.funding, funding)
+            totals.closed += closing
+        if not closing:
+            self._settled[trade_id] = _Settled(trade.gross, trade.fees, trade.funding)
+
+    def _settle_all(self) -> None:
+        for trade_id in list(self._changed):
+            self._settle(trade_id)
 
     def reset(self) -> None:
         self._totals = {}
+        self._changed = {}
+        self._settled = {}
 
     def snapshot(self) -> bytes:
-        return msgspec.msgpack.encode(
-            sorted(self._totals.values(), key=lambda t: (t.kind, t.value, t.currency))
-        )
+        self._settle_all()
+        totals = sorted(self._totals.values(), key=lambda t: (t.kind, t.value, t.currency))
+        return msgspec.msgpack.encode(_State(totals, dict(sorted(self._settled.items()))))
 
     def restore(self, data: bytes) -> None:
-        rows = msgspec.msgpack.decode(data, type=list[_Totals])
-        self._totals = {(t.kind, t.value, t.currency): t for t in rows}
+        state = msgspec.msgpack.decode(data, type=_State)
+        self._totals = {(t.kind, t.value, t.currency): t for t in state.totals}
+        self._settled = state.settled
+        self._changed = {}
 
     def totals(self, group_by: str | None = None, *, currency: str | None = None) -> list[PnlRow]:
         """One row per currency, or per (group, currency) with ``group_by``."""
         self.ready()
         kind = check_group(group_by)
+        self._settle_all()
         return [
             PnlRow(
                 currency=t.currency,

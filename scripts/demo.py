@@ -40,7 +40,13 @@ from ledger import (
 from ledger.book import Ledger
 from projections import OpenPositions
 
-SYMBOLS = {"BTCUSDT": Decimal(64000), "ETHUSDT": Decimal(3200), "SOLUSDT": Decimal(140), "XRPUSDT": Decimal("0.62"), "ADAUSDT": Decimal("0.45")}
+SYMBOLS = {
+    "BTCUSDT": Decimal(64000),
+    "ETHUSDT": Decimal(3200),
+    "SOLUSDT": Decimal(140),
+    "XRPUSDT": Decimal("0.62"),
+    "ADAUSDT": Decimal("0.45"),
+}
 START = dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc)
 CENT = Decimal("0.0001")
 
@@ -53,7 +59,9 @@ def step_price(price: Decimal, rng: random.Random) -> Decimal:
 class Bot:
     """A toy breakout bot: the point is its events, not its edge."""
 
-    def __init__(self, book: Ledger, rng: random.Random, now: dt.datetime, ack: Path | None) -> None:
+    def __init__(
+        self, book: Ledger, rng: random.Random, now: dt.datetime, ack: Path | None
+    ) -> None:
         self.book = book
         self.rng = rng
         self.now = now
@@ -101,8 +109,40 @@ class Bot:
         quantity = (Decimal(1000) / price).quantize(Decimal("0.001")) or Decimal("0.001")
         strategy = self.rng.choice(["breakout", "mean_revert"])
         session = "asia" if self.now.hour < 8 else "europe" if self.now.hour < 16 else "us"
-        await self.record(SignalEmitted(signal_id=f"s-{ident}", symbol=symbol, side=side, confidence=Decimal(self.rng.randint(55, 95)) / 100, entry_price=price, stop_price=stop, target_price=target, strategy=strategy, session=session, timeframe="5m", occurred_at=self.now))
-        await self.record(TradeOpened(trade_id=f"t-{ident}", symbol=symbol, side=side, quantity=quantity, price=price, currency="USDT", stop_price=stop, target_price=target, fee=(quantity * price * Decimal("0.0004")).quantize(CENT), fill_id=f"f-{ident}-0", signal_id=f"s-{ident}", strategy=strategy, session=session, account="main", occurred_at=self.now))
+        await self.record(
+            SignalEmitted(
+                signal_id=f"s-{ident}",
+                symbol=symbol,
+                side=side,
+                confidence=Decimal(self.rng.randint(55, 95)) / 100,
+                entry_price=price,
+                stop_price=stop,
+                target_price=target,
+                strategy=strategy,
+                session=session,
+                timeframe="5m",
+                occurred_at=self.now,
+            )
+        )
+        await self.record(
+            TradeOpened(
+                trade_id=f"t-{ident}",
+                symbol=symbol,
+                side=side,
+                quantity=quantity,
+                price=price,
+                currency="USDT",
+                stop_price=stop,
+                target_price=target,
+                fee=(quantity * price * Decimal("0.0004")).quantize(CENT),
+                fill_id=f"f-{ident}-0",
+                signal_id=f"s-{ident}",
+                strategy=strategy,
+                session=session,
+                account="main",
+                occurred_at=self.now,
+            )
+        )
 
     async def manage(self, trade: TradeState, price: Decimal) -> None:
         d = trade.direction
@@ -112,24 +152,97 @@ class Bot:
         fee = (trade.quantity * price * Decimal("0.0004")).quantize(CENT)
         if trade.stop_price is not None and d * (price - trade.stop_price) <= 0:
             reason = "trailing_stop" if d * (trade.stop_price - entry) > 0 else "stop_loss"
-            await self.record(TradeClosed(trade_id=trade.trade_id, price=price, reason=reason, fee=fee, fill_id=fill, occurred_at=self.now))
+            await self.record(
+                TradeClosed(
+                    trade_id=trade.trade_id,
+                    price=price,
+                    reason=reason,
+                    fee=fee,
+                    fill_id=fill,
+                    occurred_at=self.now,
+                )
+            )
         elif trade.target_price is not None and d * (price - trade.target_price) >= 0:
-            await self.record(TradeClosed(trade_id=trade.trade_id, price=price, reason="take_profit", fee=fee, fill_id=fill, occurred_at=self.now))
+            await self.record(
+                TradeClosed(
+                    trade_id=trade.trade_id,
+                    price=price,
+                    reason="take_profit",
+                    fee=fee,
+                    fill_id=fill,
+                    occurred_at=self.now,
+                )
+            )
         elif gain > Decimal("0.018") and trade.exit_quantity == 0:
             half = (trade.quantity / 2).quantize(Decimal("0.001"))
-            await self.record(TradeReduced(trade_id=trade.trade_id, quantity=half, price=price, fee=(half * price * Decimal("0.0004")).quantize(CENT), reason="partial_take_profit", fill_id=fill, occurred_at=self.now))
-        elif gain > Decimal("0.008") and trade.stop_price is not None and d * (trade.stop_price - entry) < 0:
-            await self.record(StopMoved(trade_id=trade.trade_id, stop_price=entry.quantize(CENT), reason="breakeven", occurred_at=self.now))
+            await self.record(
+                TradeReduced(
+                    trade_id=trade.trade_id,
+                    quantity=half,
+                    price=price,
+                    fee=(half * price * Decimal("0.0004")).quantize(CENT),
+                    reason="partial_take_profit",
+                    fill_id=fill,
+                    occurred_at=self.now,
+                )
+            )
+        elif (
+            gain > Decimal("0.008")
+            and trade.stop_price is not None
+            and d * (trade.stop_price - entry) < 0
+        ):
+            await self.record(
+                StopMoved(
+                    trade_id=trade.trade_id,
+                    stop_price=entry.quantize(CENT),
+                    reason="breakeven",
+                    occurred_at=self.now,
+                )
+            )
         elif gain > Decimal("0.015") and trade.stop_price is not None:
             trail = (price * (1 - d * Decimal("0.007"))).quantize(CENT)
             if d * (trail - trade.stop_price) > 0:
-                await self.record(StopMoved(trade_id=trade.trade_id, stop_price=trail, reason="trailing", occurred_at=self.now))
-        elif gain < Decimal("-0.004") and trade.entry_quantity == trade.initial_quantity and self.rng.random() < 0.2:
-            await self.record(TradeIncreased(trade_id=trade.trade_id, quantity=(trade.quantity / 2).quantize(Decimal("0.001")), price=price, fee=fee / 2, fill_id=fill, occurred_at=self.now))
+                await self.record(
+                    StopMoved(
+                        trade_id=trade.trade_id,
+                        stop_price=trail,
+                        reason="trailing",
+                        occurred_at=self.now,
+                    )
+                )
+        elif (
+            gain < Decimal("-0.004")
+            and trade.entry_quantity == trade.initial_quantity
+            and self.rng.random() < 0.2
+        ):
+            await self.record(
+                TradeIncreased(
+                    trade_id=trade.trade_id,
+                    quantity=(trade.quantity / 2).quantize(Decimal("0.001")),
+                    price=price,
+                    fee=fee / 2,
+                    fill_id=fill,
+                    occurred_at=self.now,
+                )
+            )
         elif self.now.minute < 7 and self.now.hour % 8 == 0:
-            await self.record(FundingApplied(trade_id=trade.trade_id, amount=(-d * trade.quantity * price * Decimal("0.0001")).quantize(CENT), rate=Decimal("0.0001"), occurred_at=self.now))
+            await self.record(
+                FundingApplied(
+                    trade_id=trade.trade_id,
+                    amount=(-d * trade.quantity * price * Decimal("0.0001")).quantize(CENT),
+                    rate=Decimal("0.0001"),
+                    occurred_at=self.now,
+                )
+            )
         elif self.rng.random() < 0.01:
-            await self.record(FeeCharged(trade_id=trade.trade_id, amount=Decimal("0.25"), kind="borrow", occurred_at=self.now))
+            await self.record(
+                FeeCharged(
+                    trade_id=trade.trade_id,
+                    amount=Decimal("0.25"),
+                    kind="borrow",
+                    occurred_at=self.now,
+                )
+            )
 
 
 async def run_bot(url: str, ticks: int, seed: int, ack: Path | None, pause: float) -> None:
@@ -141,10 +254,18 @@ async def run_bot(url: str, ticks: int, seed: int, ack: Path | None, pause: floa
         now = max(last.occurred_at, START) if last else START
         if head.position:
             restored = book.runner.restored
-            print(f"  bot restarted: ledger open in {opened_ms:.1f} ms; views restored from checkpoints at "
-                  f"position {min(restored.values(), default=0)} + a tail of {book.runner.replayed} records (head {head.position})")
+            print(
+                f"  bot restarted: ledger open in {opened_ms:.1f} ms; views restored from checkpoints at "
+                f"position {min(restored.values(), default=0)} + a tail of {book.runner.replayed} records (head {head.position})"
+            )
             open_now = book.view(OpenPositions).positions()
-            print(f"  it knows its {len(open_now)} open trades again: " + ", ".join(f"{t.trade_id} {t.side} {t.symbol} stop {t.stop_price}" for t in open_now[:4]) + (" ..." if len(open_now) > 4 else ""))
+            print(
+                f"  it knows its {len(open_now)} open trades again: "
+                + ", ".join(
+                    f"{t.trade_id} {t.side} {t.symbol} stop {t.stop_price}" for t in open_now[:4]
+                )
+                + (" ..." if len(open_now) > 4 else "")
+            )
         bot = Bot(book, random.Random(seed), now, ack)
         for _ in range(ticks):
             await bot.tick()
@@ -162,7 +283,9 @@ URL = "sqlite:///demo.db"
 
 def main() -> None:
     global URL
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--url", default=URL)
     parser.add_argument("--bot", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ticks", type=int, default=400)
@@ -178,16 +301,30 @@ def main() -> None:
     path = Path(URL.removeprefix("sqlite:///"))
     workdir = path.parent
     key, acks, anchors = workdir / "demo.key", workdir / "demo.acks", workdir / "demo.anchor.jsonl"
-    for stale in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), key, Path(f"{key}.pub"), acks, anchors):
+    for stale in (
+        path,
+        Path(f"{path}-wal"),
+        Path(f"{path}-shm"),
+        key,
+        Path(f"{key}.pub"),
+        acks,
+        anchors,
+    ):
         stale.unlink(missing_ok=True)
     bot = [sys.executable, __file__, "--bot", "--url", URL, "--ack", str(acks)]
 
     print(f"1. A bot trades five symbols and records every event into {URL}.")
     subprocess.run([*bot, "--ticks", "600", "--seed", "1"], check=True)
     cli("anchor", "--new-key", str(key))
-    print("\n2. Before the crash, an auditor keeps a signed anchor of the head elsewhere.", flush=True)
+    print(
+        "\n2. Before the crash, an auditor keeps a signed anchor of the head elsewhere.", flush=True
+    )
     with anchors.open("w") as out:
-        subprocess.run([sys.executable, "-m", "replay", "--url", URL, "anchor", "--key", str(key)], stdout=out, check=True)
+        subprocess.run(
+            [sys.executable, "-m", "replay", "--url", URL, "anchor", "--key", str(key)],
+            stdout=out,
+            check=True,
+        )
     print(anchors.read_text().strip())
 
     print("\n3. The bot runs on; we kill it with SIGKILL mid-run.", flush=True)
@@ -205,10 +342,20 @@ def main() -> None:
     cli("pnl", "--group-by", "symbol")
     cli("performance", "--starting-equity", "10000")
     cli("history", "--sort-by", "net", "--desc", "--limit", "5")
-    print("\n5. Every acknowledged event is in the log, and the log verifies against the anchor.", flush=True)
+    print(
+        "\n5. Every acknowledged event is in the log, and the log verifies against the anchor.",
+        flush=True,
+    )
     acked = acks.read_text().split()
-    found = subprocess.run([sys.executable, "-m", "replay", "--url", URL, "events", "--limit", "10000000", "--json"], capture_output=True, text=True, check=True).stdout
-    missing = set(acked) - {line.split('"event_id":"', 1)[1].split('"', 1)[0] for line in found.splitlines()}
+    found = subprocess.run(
+        [sys.executable, "-m", "replay", "--url", URL, "events", "--limit", "10000000", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    missing = set(acked) - {
+        line.split('"event_id":"', 1)[1].split('"', 1)[0] for line in found.splitlines()
+    }
     print(f"  acknowledged: {len(acked)}, missing after the kill: {len(missing)}")
     cli("verify", "--anchor", str(anchors), "--public-key", f"{key}.pub")
     if missing:
