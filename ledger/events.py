@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import re
 import typing
 import uuid
 from decimal import Decimal
@@ -343,7 +344,7 @@ def validate(event: object, *, now: dt.datetime | None = None) -> Event:
         # msgspec checks lengths, patterns, literals and tz-awareness on conversion only.
         msgspec.convert(msgspec.to_builtins(event), type=cls)
     except (msgspec.ValidationError, TypeError) as e:
-        raise InvalidEvent(str(e), field=_field_from(str(e)), rule="schema") from e
+        raise InvalidEvent(str(e), field=field_from(str(e)), rule="schema") from e
     changes: dict[str, Any] = {}
     for name, kind in _FIELD_KINDS[cls].items():
         value = getattr(event, name)
@@ -362,12 +363,13 @@ def validate(event: object, *, now: dt.datetime | None = None) -> Event:
     return msgspec.structs.replace(event, **changes)
 
 
-def _field_from(message: str) -> str | None:
-    marker = "at `$."
-    if marker not in message:
-        return None
-    path = message.split(marker, 1)[1].rstrip("`")
-    return path.split(".")[0].split("[")[0]
+def field_from(message: str) -> str | None:
+    """The top-level field a msgspec error message points at (``$.name...``)."""
+    found = re.search(r"`\$\.([A-Za-z_][A-Za-z0-9_]*)", message)
+    if found is not None:
+        return found.group(1)
+    found = re.search(r"unknown field `([^`]+)`", message)
+    return found.group(1) if found is not None else None
 
 
 def _check_decimal(name: str, value: Decimal, kind: str | None) -> Decimal:

@@ -162,7 +162,7 @@ class TradeState(msgspec.Struct, frozen=True, kw_only=True):
         """q0*m*|price0 - stop0| from the open; None without an initial stop."""
         if self.initial_stop is None:
             return None
-        spread = abs(CONTEXT.subtract(self.initial_price, self.initial_stop))
+        spread = CONTEXT.abs(CONTEXT.subtract(self.initial_price, self.initial_stop))
         return CONTEXT.multiply(CONTEXT.multiply(self.initial_quantity, self.multiplier), spread)
 
     @property
@@ -185,9 +185,8 @@ class TradeState(msgspec.Struct, frozen=True, kw_only=True):
         if self.closed_at is None:
             return None
         delta = self.closed_at - self.opened_at
-        return (
-            Decimal(delta.days * 86_400 + delta.seconds) + Decimal(delta.microseconds) / 1_000_000
-        )
+        whole = Decimal(delta.days * 86_400 + delta.seconds)
+        return CONTEXT.add(whole, CONTEXT.scaleb(Decimal(delta.microseconds), -6))
 
 
 def _refuse(message: str, rule: str, field: str | None = None) -> InvalidEvent:
@@ -234,17 +233,21 @@ def _exit(
 ) -> dict[str, object]:
     with decimal.localcontext(CONTEXT):
         if quantity == state.quantity:
-            released = state.cost
+            cost = _ZERO
         else:
-            released = state.cost * quantity / state.quantity
-        gross = state.multiplier * state.direction * (quantity * price - released)
+            cost = state.cost - state.cost * quantity / state.quantity
+        exit_value = state.exit_value + quantity * price
+        # Gross from exact running totals: the cost released so far is the entry
+        # cost less what is still open, so a rounded C/Q never leaks into a
+        # closed trade, whose gross is exactly m*d*(exit proceeds - entry cost).
+        gross = state.multiplier * state.direction * (exit_value - (state.entry_cost - cost))
         return {
             "quantity": state.quantity - quantity,
-            "cost": state.cost - released,
-            "gross": state.gross + gross,
+            "cost": cost,
+            "gross": gross,
             "fees": state.fees + fee,
             "exit_quantity": state.exit_quantity + quantity,
-            "exit_value": state.exit_value + quantity * price,
+            "exit_value": exit_value,
             "updated_at": at,
         }
 

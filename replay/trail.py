@@ -23,7 +23,7 @@ from ledger.book import Append
 from ledger.chain import timestamp
 from ledger.codec import decode_event
 from ledger.errors import InvalidEvent, LedgerError
-from ledger.events import AnyEvent, Event
+from ledger.events import AnyEvent, Event, field_from
 from ledger.record import Record
 from ledger.store import EventStore
 
@@ -272,11 +272,7 @@ def parse_line(raw: bytes) -> Append | None:
         event: Event = msgspec.convert(payload, type=AnyEvent)
     except msgspec.ValidationError as e:
         message = str(e)
-        field = None
-        if "at `$." in message:
-            field = message.split("at `$.", 1)[1].rstrip("`").split(".")[0].split("[")[0]
-        elif "unknown field `" in message:
-            field = message.split("unknown field `", 1)[1].split("`")[0]
+        field = field_from(message)
         if "Invalid value" in message and field == "type":
             message = f"unknown event type {payload.get('type')!r}"
         raise InvalidEvent(message, field=field, rule="schema") from e

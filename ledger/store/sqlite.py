@@ -25,11 +25,9 @@ from typing import Any
 import aiosqlite
 import structlog
 
-from ledger.chain import GENESIS, record_hash, timestamp
+from ledger.chain import GENESIS, timestamp
 from ledger.codec import decode_event
 from ledger.errors import (
-    ConcurrencyError,
-    IdempotencyConflict,
     IncompatibleStore,
     IntegrityError,
     LedgerClosed,
@@ -40,6 +38,7 @@ from ledger.errors import (
 from ledger.failpoints import FailPoints
 from ledger.record import Record
 from ledger.store.protocol import Checkpoint, Clock, Head, Proposal, Rules
+from ledger.store.staging import Stage, stage_batch
 from ledger.trade import StreamState
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteStore"]
@@ -130,6 +129,23 @@ def _unchecked_record(row: Sequence[Any]) -> Record:
     )
 
 
+def _row(record: Record) -> tuple[Any, ...]:
+    return (
+        record.position,
+        record.stream_id,
+        record.version,
+        record.event_id,
+        record.type,
+        record.schema_version,
+        timestamp(record.occurred_at),
+        timestamp(record.recorded_at),
+        record.data,
+        record.metadata,
+        record.prev_hash,
+        record.hash,
+    )
+
+
 def _path_from_url(url: str) -> str:
     if not url.startswith("sqlite:///"):
         raise ValueError(f"not a sqlite URL (sqlite:///relative or sqlite:////absolute): {url!r}")
@@ -169,40 +185,6 @@ def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
         future.set_exception(outcome)
     else:
         future.set_result(outcome)
-
-
-class _Stage:
-    """What a transaction has written so far, layered over what is committed."""
-
-    def __init__(self, head: Head, parent: _Stage | None = None) -> None:
-        self.head = head
-        self.parent = parent
-        self.by_event_id: dict[str, Record] = {}
-        self.streams: dict[str, tuple[int, StreamState]] = {}
-
-    def find(self, event_id: str) -> Record | None:
-        stage: _Stage | None = self
-        while stage is not None:
-            found = stage.by_event_id.get(event_id)
-            if found is not None:
-                return found
-            stage = stage.parent
-        return None
-
-    def stream(self, stream_id: str) -> tuple[int, StreamState] | None:
-        stage: _Stage | None = self
-        while stage is not None:
-            found = stage.streams.get(stream_id)
-            if found is not None:
-                return found
-            stage = stage.parent
-        return None
-
-    def merge_into_parent(self) -> None:
-        assert self.parent is not None
-        self.parent.head = self.head
-        self.parent.by_event_id.update(self.by_event_id)
-        self.parent.streams.update(self.streams)
 
 
 class _Writer:
@@ -326,10 +308,10 @@ class _Writer:
         try:
             failpoints.hit("after_begin")
             self.sync()
-            stage = _Stage(self.head)
+            stage = Stage(self.head)
             now = self.store.clock()
             for request in live:
-                child = _Stage(stage.head, stage)
+                child = Stage(stage.head, stage)
                 self.conn.execute("SAVEPOINT request")
                 try:
                     records = self.apply(request.batch, child, now)
@@ -418,10 +400,7 @@ class _Writer:
             old, _ = self.streams.popitem(last=False)
             self.verified.discard(old)
 
-    def stream(self, stream_id: str, stage: _Stage) -> tuple[int, StreamState]:
-        staged = stage.stream(stream_id)
-        if staged is not None:
-            return staged
+    def stream(self, stream_id: str, stage: Stage) -> tuple[int, StreamState]:
         cached = self.streams.get(stream_id)
         if cached is not None and stream_id in self.verified:
             self.streams.move_to_end(stream_id)
@@ -448,90 +427,19 @@ class _Writer:
         row = self.conn.execute(f"{_SELECT} WHERE event_id = ?", (event_id,)).fetchone()
         return None if row is None else _record(row)
 
-    def apply(self, batch: Sequence[Proposal], stage: _Stage, now: dt.datetime) -> list[Record]:
-        records: list[Record] = []
-        for proposal in batch:
-            existing = stage.find(proposal.event_id) or self.find(proposal.event_id)
-            if existing is not None:
-                if not same_payload(existing, proposal):
-                    raise IdempotencyConflict(proposal.event_id, existing.position)
-                records.append(existing)
-                continue
-            version, state = self.stream(proposal.stream_id, stage)
-            expected = proposal.expected_version
-            if expected is not None and expected != version:
-                raise ConcurrencyError(proposal.stream_id, expected, version)
-            new_state = self.store.rules(state, proposal.event)
-            head = stage.head
-            recorded_at = (
-                now if head.recorded_at is None or now > head.recorded_at else head.recorded_at
-            )
-            record = make_record(head, proposal, version + 1, recorded_at)
-            self.conn.execute(
-                _INSERT,
-                (
-                    record.position,
-                    record.stream_id,
-                    record.version,
-                    record.event_id,
-                    record.type,
-                    record.schema_version,
-                    timestamp(record.occurred_at),
-                    timestamp(record.recorded_at),
-                    record.data,
-                    record.metadata,
-                    record.prev_hash,
-                    record.hash,
-                ),
-            )
-            stage.head = Head(record.position, record.hash, recorded_at)
-            stage.by_event_id[record.event_id] = record
-            stage.streams[record.stream_id] = (record.version, new_state)
-            records.append(record)
+    def apply(self, batch: Sequence[Proposal], stage: Stage, now: dt.datetime) -> list[Record]:
+        first_new = stage.head.position + 1
+        records = stage_batch(
+            batch,
+            stage,
+            find=self.find,
+            stream=lambda stream_id: self.stream(stream_id, stage),
+            rules=self.store.rules,
+            now=now,
+        )
+        self.conn.executemany(_INSERT, [_row(r) for r in records if r.position >= first_new])
         self.store.failpoints.hit("after_insert")
         return records
-
-
-def make_record(head: Head, proposal: Proposal, version: int, recorded_at: dt.datetime) -> Record:
-    """The record that appends ``proposal`` after ``head``, hashed into the chain."""
-    position = head.position + 1
-    digest = record_hash(
-        head.hash,
-        position,
-        proposal.stream_id,
-        version,
-        proposal.event_id,
-        proposal.type,
-        proposal.schema_version,
-        proposal.occurred_at,
-        recorded_at,
-        proposal.data,
-        proposal.metadata,
-    )
-    return Record(
-        position,
-        proposal.stream_id,
-        version,
-        proposal.event_id,
-        proposal.type,
-        proposal.schema_version,
-        proposal.occurred_at,
-        recorded_at,
-        proposal.data,
-        proposal.metadata,
-        head.hash,
-        digest,
-    )
-
-
-def same_payload(record: Record, proposal: Proposal) -> bool:
-    """Whether a recorded event equals a proposed one by value (metadata aside)."""
-    if record.type != proposal.type:
-        return False
-    if record.schema_version == proposal.schema_version and record.data == proposal.data:
-        return True
-    stored = decode_event(record.type, record.schema_version, record.data)
-    return bool(stored == decode_event(proposal.type, proposal.schema_version, proposal.data))
 
 
 class SqliteStore:
