@@ -36,7 +36,7 @@ def open_store(
     failpoints: FailPoints,
     create: bool = True,
 ) -> EventStore:
-    """The store for ``url`` (not yet opened): ``sqlite:///path``."""
+    """The store for ``url`` (not yet opened): ``sqlite:///path`` or ``redis://...?ledger=NAME``."""
     scheme = url.split(":", 1)[0].lower()
     if scheme == "sqlite":
         from ledger.store.sqlite import SqliteStore
@@ -44,4 +44,12 @@ def open_store(
         return SqliteStore(
             url, rules=rules, clock=clock, timeout=timeout, failpoints=failpoints, create=create
         )
-    raise ValueError(f"unsupported ledger URL {safe_url(url)!r}: expected sqlite:///path")
+    if scheme in ("redis", "rediss", "redis+cluster"):
+        from ledger.store.redis import RedisStore
+
+        return RedisStore(
+            url, rules=rules, clock=clock, timeout=timeout, failpoints=failpoints, create=create
+        )
+    raise ValueError(
+        f"unsupported ledger URL {safe_url(url)!r}: expected sqlite:///path or redis://host:port/db?ledger=NAME"
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -89,6 +89,10 @@ class EventStore(Protocol):
     async def load_checkpoints(self) -> dict[str, Checkpoint]: ...
 
     async def ledger_id(self) -> str: ...
+
+    async def describe(self) -> dict[str, Any]:
+        """Backend facts for ``info`` (sizes, settings), never secrets."""
+        ...
 
     def read_model(self) -> ReadModel:
         """Where table projections keep their rows for this store."""

@@ -598,6 +598,14 @@ class SqliteStore:
         request = _Request(asyncio.get_running_loop(), work=work, durable=durable)
         return await self._submit(writer, request)
 
+    async def describe(self) -> dict[str, Any]:
+        """Facts for ``info``: file sizes and the schema version."""
+        sizes = {}
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                sizes["wal_bytes" if suffix else "file_bytes"] = os.path.getsize(self.path + suffix)
+        return {"path": self.path, "schema_version": SCHEMA_VERSION, **sizes}
+
     def read_model(self) -> SqliteStore:
         """Table projections live in the ledger's own file."""
         return self
