@@ -32,7 +32,7 @@ from ledger.events import (
     TradeOpened,
     TradeReduced,
 )
-from ledger.record import Record
+from ledger.record import Pending, Record
 from ledger.trade import TradeState
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "LedgerError",
     "OutcomeUnknown",
     "ParameterChanged",
+    "Pending",
     "ProjectionFaulted",
     "Record",
     "SignalEmitted",

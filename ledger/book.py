@@ -26,7 +26,7 @@ from ledger.errors import (
 from ledger.events import Event, natural_event_id, stream_of, validate
 from ledger.failpoints import FailPoints
 from ledger.projection import StateProjection, TableProjection
-from ledger.record import Record
+from ledger.record import Pending, Record
 from ledger.runner import Runner
 from ledger.store import Clock, EventStore, Proposal, open_store
 from ledger.trade import fold
@@ -117,6 +117,8 @@ class Ledger:
             raise
         self._store = store
         self._runner = runner
+        if hasattr(store, "drained"):
+            store.drained = runner.offer  # records drained from a spool reach the views
         self._state = "open"
         if self._follow and runner.active:
             self._follower = asyncio.create_task(runner.follow())
@@ -175,18 +177,20 @@ class Ledger:
         expected_version: int | None = None,
         event_id: str | None = None,
         metadata: dict[str, Any] | None = None,
-    ) -> Record:
+    ) -> Record | Pending:
         """Append ``event`` and return its record once it is durable.
 
         A retry (same ``event_id``, or the same natural key) with an equal
         payload returns the first record. Raises ``InvalidEvent``,
         ``ConcurrencyError``, ``IdempotencyConflict``, ``StoreUnavailable`` or
         ``OutcomeUnknown``; on any of them but the last, nothing was written.
+        With a spool (Redis), an event kept locally while Redis is unreachable
+        comes back as a :class:`Pending` instead.
         """
         (record,) = await self.record_batch([Append(event, expected_version, event_id, metadata)])
         return record
 
-    async def record_batch(self, items: Sequence[Event | Append]) -> list[Record]:
+    async def record_batch(self, items: Sequence[Event | Append]) -> list[Record | Pending]:
         """Append every item atomically: all are durable, or none is written."""
         store = self.store
         now = self.clock()
@@ -197,13 +201,13 @@ class Ledger:
             ]
             if not proposals:
                 raise InvalidEvent("the batch is empty", rule="empty_batch")
-            records = await store.append(proposals)
+            records = list(await store.append(proposals))
         except (InvalidEvent, ConcurrencyError, IdempotencyConflict) as refused:
             structlog.get_logger("tradeledger").info(
                 "refused", error=type(refused).__name__, reason=str(refused)
             )
             raise
-        await self.runner.offer(records)
+        await self.runner.offer([r for r in records if isinstance(r, Record)])
         return records
 
     def _propose(self, item: Append, now: dt.datetime) -> Proposal:

@@ -44,3 +44,13 @@ class Record(msgspec.Struct, frozen=True, dict=True):
         from ledger.codec import decode_metadata
 
         return decode_metadata(self.metadata)
+
+
+class Pending(msgspec.Struct, frozen=True):
+    """An event kept in a local spool until the store takes it: no position yet,
+    and not in the views. It becomes a record when the spool drains."""
+
+    event_id: str
+    stream_id: str
+    spool_seq: int
+    spooled_at: dt.datetime

@@ -30,7 +30,7 @@ import projections as views
 from ledger import LedgerError, open_ledger
 from ledger.book import Append, Ledger
 from ledger.events import canonical_decimal
-from ledger.record import Record
+from ledger.record import Pending, Record
 from ledger.store import safe_url
 from ledger.trade import TradeState
 from replay.anchor import Anchor, load_private_key, load_public_key, new_key, sign
@@ -288,7 +288,20 @@ def record(url: str, source: IO[bytes], atomic: bool) -> None:
     _run(_record(url, source, atomic))
 
 
-def _ack(number: int, record: Record) -> None:
+def _ack(number: int, record: Record | Pending) -> None:
+    if isinstance(record, Pending):
+        click.echo(
+            _encode(
+                {
+                    "line": number,
+                    "pending": True,
+                    "event_id": record.event_id,
+                    "stream_id": record.stream_id,
+                }
+            ).decode()
+        )
+        sys.stdout.flush()
+        return
     click.echo(
         _encode(
             {
@@ -343,9 +356,9 @@ async def _record(url: str, source: IO[bytes], atomic: bool) -> None:
 async def _record_each(book: Ledger, parsed: list[tuple[int, Append]]) -> int:
     """Record lines in order, many in flight (they share commits), acknowledged in order."""
     refused = 0
-    window: list[tuple[int, asyncio.Task[Record]]] = []
+    window: list[tuple[int, asyncio.Task[Record | Pending]]] = []
 
-    async def settle(number: int, task: asyncio.Task[Record]) -> None:
+    async def settle(number: int, task: asyncio.Task[Record | Pending]) -> None:
         nonlocal refused
         try:
             _ack(number, await task)

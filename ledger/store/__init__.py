@@ -45,11 +45,14 @@ def open_store(
             url, rules=rules, clock=clock, timeout=timeout, failpoints=failpoints, create=create
         )
     if scheme in ("redis", "rediss", "redis+cluster"):
-        from ledger.store.redis import RedisStore
+        from ledger.store.redis import RedisStore, spool_path
+        from ledger.store.spool import SpoolStore
 
-        return RedisStore(
+        store = RedisStore(
             url, rules=rules, clock=clock, timeout=timeout, failpoints=failpoints, create=create
         )
+        spool = spool_path(url)
+        return store if spool is None else SpoolStore(store, spool)
     raise ValueError(
         f"unsupported ledger URL {safe_url(url)!r}: expected sqlite:///path or redis://host:port/db?ledger=NAME"
     )

@@ -10,7 +10,7 @@ import msgspec
 
 from ledger.events import Event
 from ledger.projection import ReadModel
-from ledger.record import Record
+from ledger.record import Pending, Record
 from ledger.trade import StreamState
 
 Clock = Callable[[], dt.datetime]
@@ -60,13 +60,17 @@ class EventStore(Protocol):
     """
 
     url: str
-    durability: str
+
+    @property
+    def durability(self) -> str:
+        """What an acknowledgement promises on this store, in words."""
+        ...
 
     async def open(self) -> None: ...
 
     async def aclose(self) -> None: ...
 
-    async def append(self, batch: Sequence[Proposal]) -> list[Record]: ...
+    async def append(self, batch: Sequence[Proposal]) -> Sequence[Record | Pending]: ...
 
     def read(self, start: int = 1, stop: int | None = None) -> AsyncIterator[Record]: ...
 

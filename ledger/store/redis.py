@@ -121,6 +121,12 @@ class _Options(msgspec.Struct, kw_only=True):
     address: str
 
 
+def spool_path(url: str) -> str | None:
+    """The ``spool=PATH`` of a redis URL, if it has one."""
+    found = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query).get("spool")
+    return found[0] if found else None
+
+
 def _options(url: str) -> _Options:
     parts = urllib.parse.urlsplit(url)
     query = urllib.parse.parse_qs(parts.query)
@@ -134,6 +140,7 @@ def _options(url: str) -> _Options:
         return query.pop(key, ["0"])[0] in ("1", "true", "yes")
 
     views = query.pop("views", [f"tradeledger-{name}.views.db"])[0]
+    query.pop("spool", None)
     wait_replicas = int(query.pop("wait_replicas", ["0"])[0])
     require_durable = flag("require_durable")
     allow_eviction = flag("allow_eviction")
