@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import sys
@@ -55,6 +56,25 @@ T = TypeVar("T")
 
 DEFAULT_URL = "sqlite:///tradeledger.db"
 _encode = msgspec.json.Encoder(decimal_format="string").encode
+
+
+class DecimalType(click.ParamType[Decimal]):
+    """A decimal option: a usage error, not a traceback, when it is not one."""
+
+    name = "decimal"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Decimal:
+        if isinstance(value, Decimal):
+            return value
+        try:
+            found = Decimal(str(value))
+        except ArithmeticError:
+            self.fail(f"{value!r} is not a decimal number", param, ctx)
+        if not found.is_finite():
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return found
 
 
 class Refused(Exception):
@@ -238,7 +258,8 @@ def _cut(as_of: str | None, known_at: str | None, at_position: int | None) -> di
 
 
 def _warn_inconsistent(source: Source, as_json: bool) -> None:
-    if source.inconsistent and not as_json:
+    """Trades the cut cannot fold, on stderr (so --json output stays clean)."""
+    if source.inconsistent:
         for trade_id, reason in source.inconsistent.items():
             click.echo(
                 f"inconsistent at this cut: trade {_safe(trade_id)}: {_safe(reason)}", err=True
@@ -552,7 +573,7 @@ def pnl(
 @click.option("--daily", is_flag=True, help="The daily series instead of the figures.")
 @click.option(
     "--starting-equity",
-    type=Decimal,
+    type=DecimalType(),
     default=Decimal(0),
     show_default=True,
     help="Equity before the first trade.",
@@ -806,6 +827,7 @@ def signals(
                 limit=limit,
                 offset=offset,
             )
+            _warn_inconsistent(source, as_json)
         if as_json:
             _json(page)
             return
@@ -873,6 +895,7 @@ def parameters(
             view = source.view(views.Parameters)
             latest = await view.current() if current else {}
             changes = [] if current else await view.changes(name=name, changed_by=changed_by)
+            _warn_inconsistent(source, as_json)
         if current:
             if as_json:
                 _json(latest)
@@ -1071,13 +1094,26 @@ def verify(
         if export_file:
             info = ExportFile()
             with open(export_file, encoding="utf-8") as f:
+                first = f.readline()
+                is_csv = first.startswith("position,")
+                try:
+                    header = {} if is_csv else json.loads(first)
+                except json.JSONDecodeError:
+                    header = {}
+                f.seek(0)
+                filters = header.get("filters", {}) if isinstance(header, dict) else {}
+                filtered = any(
+                    filters.get(k) is not None
+                    for k in ("since", "until", "stream_id", "type", "correlation_id")
+                )
 
-                async def records() -> AsyncIterator[Record]:
+                async def each() -> AsyncIterator[Record]:
                     for found in read_export(f, info):
                         yield found
 
-                report = await verify_records(records(), anchors=anchors)
-            _check_trailer(report, info)
+                report = await verify_records(each(), anchors=anchors, links=not filtered)
+            if not is_csv:
+                _check_trailer(report, info)
         else:
             with _progress("verifying") as tick:
                 report = await verify_ledger(url, anchors=anchors, progress=tick)
@@ -1176,7 +1212,11 @@ def anchor(url: str, key_file: str | None, new_key_file: str | None) -> None:
     if new_key_file:
         if os.path.exists(new_key_file):
             raise click.UsageError(f"{new_key_file} exists; not overwriting a key")
-        private, public = new_key(new_key_file)
+        try:
+            private, public = new_key(new_key_file)
+        except OSError as e:
+            click.echo(f"error: cannot write {new_key_file}: {e.strerror or e}", err=True)
+            sys.exit(1)
         click.echo(f"wrote {private} (private, owner-only) and {public} (public)")
         return
     if not key_file:

@@ -51,7 +51,7 @@ class Cut:
         self.as_of = as_of
         self.position = 0
         self.inconsistent: dict[str, str] = {}
-        self._book: Ledger = open_ledger(url, timeout=timeout)
+        self._book: Ledger = open_ledger(url, timeout=timeout, create=False)
         self._model = LocalReadModel()
         self._projections = list(projections)
         self._runner: Runner | None = None
