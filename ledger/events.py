@@ -298,6 +298,14 @@ def _kinds(cls: type[Event]) -> dict[str, str | None]:
 _FIELD_KINDS: dict[type[Event], dict[str, str | None]] = {
     cls: _kinds(cls) for cls in EVENT_TYPES.values()
 }
+_DEFAULTS: dict[type[Event], list[msgspec.structs.FieldInfo]] = {
+    cls: [
+        f
+        for f in msgspec.structs.fields(cls)
+        if f.default is not msgspec.NODEFAULT and f.default is not None
+    ]
+    for cls in EVENT_TYPES.values()
+}
 
 
 def canonical_decimal(value: Decimal) -> Decimal:
@@ -340,6 +348,7 @@ def validate(event: object, *, now: dt.datetime | None = None) -> Event:
             )
     if not isinstance(event.occurred_at, dt.datetime):
         raise InvalidEvent("occurred_at must be a datetime", field="occurred_at", rule="schema")
+    _check_metadata(event.metadata)
     try:
         # msgspec checks lengths, patterns, literals and tz-awareness on conversion only.
         msgspec.convert(msgspec.to_builtins(event), type=cls)
@@ -359,7 +368,15 @@ def validate(event: object, *, now: dt.datetime | None = None) -> Event:
                 f"{name} contains non-printable characters", field=name, rule="printable"
             )
     changes["occurred_at"] = _check_time(event.occurred_at, now)
-    _check_metadata(event.metadata)
+    for info in _DEFAULTS[cls]:
+        # a field set to its default must encode like one left out: same bytes, same hash
+        value = changes.get(info.name, getattr(event, info.name))
+        if (
+            value is not info.default
+            and type(value) is type(info.default)
+            and value == info.default
+        ):
+            changes[info.name] = info.default
     return msgspec.structs.replace(event, **changes)
 
 
@@ -410,6 +427,9 @@ def _check_time(moment: dt.datetime, now: dt.datetime | None) -> dt.datetime:
 
 
 def _check_metadata(metadata: dict[str, Any]) -> None:
+    if not isinstance(metadata, dict):
+        raise InvalidEvent("metadata must be a JSON object", field="metadata", rule="json")
+    _check_json(metadata)
     try:
         size = len(msgspec.json.encode(metadata))
     except (TypeError, msgspec.EncodeError) as e:
@@ -427,6 +447,33 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
     for key in metadata:
         if not isinstance(key, str):
             raise InvalidEvent("metadata keys must be strings", field="metadata", rule="json")
+
+
+def _check_json(value: object, depth: int = 0) -> None:
+    """Refuse anything that would not come back from JSON as it went in."""
+    if depth > MAX_METADATA_DEPTH:
+        raise InvalidEvent(
+            f"metadata nests deeper than {MAX_METADATA_DEPTH}", field="metadata", rule="depth"
+        )
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidEvent("metadata keys must be strings", field="metadata", rule="json")
+            _check_json(item, depth + 1)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_json(item, depth + 1)
+    elif isinstance(value, float | Decimal):
+        if not (value == value and value not in (float("inf"), float("-inf"))) or (
+            isinstance(value, Decimal) and not value.is_finite()
+        ):
+            raise InvalidEvent("metadata numbers must be finite", field="metadata", rule="json")
+    elif not (value is None or isinstance(value, str | int | bool)):
+        raise InvalidEvent(
+            f"metadata holds a {type(value).__name__}, which JSON cannot carry",
+            field="metadata",
+            rule="json",
+        )
 
 
 def _depth(value: object) -> int:

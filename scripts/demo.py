@@ -47,7 +47,7 @@ SYMBOLS = {
     "XRPUSDT": Decimal("0.62"),
     "ADAUSDT": Decimal("0.45"),
 }
-START = dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc)
+START = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
 CENT = Decimal("0.0001")
 
 

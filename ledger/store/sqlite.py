@@ -247,6 +247,8 @@ class _Writer:
                     events += len(request.batch)
                     if request.work is not None:
                         break
+            if not group:  # every queued caller gave up before its turn
+                continue
             if group[0].work is not None:
                 self.run_work(group[0])
             else:
@@ -706,16 +708,21 @@ class SqliteStore:
 
 def migrate(conn: sqlite3.Connection, path: str, clock: Clock) -> None:
     """Bring a file's schema to ``SCHEMA_VERSION``; refuse foreign and newer files."""
+
+    def foreign() -> bool:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        (application,) = conn.execute("PRAGMA application_id").fetchone()
+        (tables,) = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return bool((version == 0 and tables) or (version != 0 and application != APPLICATION_ID))
+
+    # look before touching: a foreign file must be left exactly as it was
+    if foreign():
+        raise IncompatibleStore(f"{path} is a SQLite file but not a tradeledger")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("BEGIN IMMEDIATE")
     try:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
-        (application,) = conn.execute("PRAGMA application_id").fetchone()
-        if version == 0:
-            (tables,) = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            if tables:
-                raise IncompatibleStore(f"{path} is a SQLite file but not a tradeledger")
-        elif application != APPLICATION_ID:
+        if foreign():
             raise IncompatibleStore(f"{path} is a SQLite file but not a tradeledger")
         if version > SCHEMA_VERSION:
             raise IncompatibleStore(

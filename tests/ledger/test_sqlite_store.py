@@ -1,0 +1,575 @@
+"""The SQLite store: group commit, concurrency across tasks and processes, integrity, schema."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ledger import (
+    ConcurrencyError,
+    IdempotencyConflict,
+    IncompatibleStore,
+    InvalidEvent,
+    Ledger,
+    LedgerClosed,
+    Record,
+    StoreError,
+    StoreUnavailable,
+    open_ledger,
+)
+from ledger.chain import GENESIS, ChainBreak, check_link, record_hash
+from ledger.failpoints import ENV
+from ledger.store.sqlite import MIGRATIONS, SCHEMA_VERSION
+from tests.lifecycles import T0, closed, opened, stop_moved
+
+APPLICATION_ID = 0x54524C47
+
+
+def path_of(url: str) -> str:
+    return url.removeprefix("sqlite:///")
+
+
+@contextlib.contextmanager
+def connect(url_or_path: str) -> Any:
+    conn = sqlite3.connect(path_of(url_or_path), timeout=5, isolation_level=None)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+async def all_records(book: Ledger) -> list[Record]:
+    return [record async for record in book.store.read()]
+
+
+def first_break(records: list[Record]) -> ChainBreak | None:
+    previous = (0, GENESIS)
+    for record in records:
+        broken = check_link(record, *previous)
+        if broken is not None:
+            return broken
+        previous = (record.position, record.hash)
+    return None
+
+
+def read_all(url: str) -> list[Record]:
+    async def body() -> list[Record]:
+        async with open_ledger(url) as book:
+            return await all_records(book)
+
+    return asyncio.run(body())
+
+
+# Group commit
+
+
+def test_concurrent_callers_all_land_at_dense_positions(sqlite_url: str) -> None:
+    """16 tasks each opening their own trade at once all succeed, at positions 1..16."""
+
+    async def body() -> tuple[list[Record], list[Record]]:
+        async with open_ledger(sqlite_url) as book:
+            returned = await asyncio.gather(*(book.record(opened(f"t{n}")) for n in range(16)))
+            return list(returned), await all_records(book)
+
+    returned, stored = asyncio.run(body())
+    assert sorted(r.position for r in returned) == list(range(1, 17))
+    assert sorted(stored, key=lambda r: r.stream_id) == sorted(returned, key=lambda r: r.stream_id)
+    assert first_break(stored) is None
+
+
+def test_appends_arriving_during_a_commit_are_committed_together_in_the_next_one(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While one transaction is in flight, the 15 appends that arrive share the next transaction (one recorded_at)."""
+    monkeypatch.setenv(ENV, "after_begin=sleep:0.5")
+
+    async def body() -> list[Record]:
+        async with open_ledger(sqlite_url) as book:
+            first = asyncio.ensure_future(book.record(opened("t0")))
+            await asyncio.sleep(0.1)
+            rest = await asyncio.gather(*(book.record(opened(f"t{n}")) for n in range(1, 16)))
+            return [await first, *rest]
+
+    records = asyncio.run(body())
+    assert sorted(r.position for r in records) == list(range(1, 17))
+    assert records[0].position == 1
+    assert len({r.recorded_at for r in records[1:]}) == 1
+
+
+def test_one_callers_refusal_does_not_fail_its_neighbours_in_the_group(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In one group, refused callers get their own error and every other caller's event is written."""
+    monkeypatch.setenv(ENV, "after_begin=sleep:0.5")
+
+    async def body() -> tuple[list[Any], list[Record]]:
+        async with open_ledger(sqlite_url) as book:
+            await book.record(opened("base"))
+            await book.record(stop_moved("base"), event_id="taken")
+            blocker = asyncio.ensure_future(book.record(opened("blocker")))
+            await asyncio.sleep(0.1)
+            calls = [book.record(opened(f"t{n}")) for n in range(12)]
+            calls.insert(3, book.record(stop_moved("ghost")))
+            calls.insert(6, book.record(stop_moved("base"), expected_version=9))
+            calls.insert(
+                9, book.record(stop_moved("base", stop_price=Decimal(1)), event_id="taken")
+            )
+            outcomes = await asyncio.gather(*calls, return_exceptions=True)
+            await blocker
+            return outcomes, await all_records(book)
+
+    outcomes, stored = asyncio.run(body())
+    assert isinstance(outcomes[3], InvalidEvent)
+    assert outcomes[3].rule == "unknown_trade"
+    assert isinstance(outcomes[6], ConcurrencyError)
+    assert isinstance(outcomes[9], IdempotencyConflict)
+    written = [o for i, o in enumerate(outcomes) if i not in (3, 6, 9)]
+    assert all(isinstance(o, Record) for o in written)
+    assert len({o.recorded_at for o in written}) == 1  # they did share one transaction
+    assert [r.position for r in stored] == list(range(1, 16))
+    assert {r.stream_id for r in stored[3:]} == {f"trade-t{n}" for n in range(12)}
+    assert first_break(stored) is None
+
+
+def test_a_failed_commit_fails_every_caller_of_the_group_and_writes_nothing(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the group's commit fails, each of its callers gets a StoreError and the log is as before."""
+    # The first group (one blocker) commits; the second (16 callers) fails before its COMMIT.
+    monkeypatch.setenv(ENV, "after_begin=sleep:0.5,before_commit=error@2")
+
+    async def body() -> tuple[Record, list[Any], list[Record], Record]:
+        async with open_ledger(sqlite_url) as book:
+            blocker = asyncio.ensure_future(book.record(opened("blocker")))
+            await asyncio.sleep(0.1)
+            outcomes = await asyncio.gather(
+                *(book.record(opened(f"t{n}")) for n in range(16)), return_exceptions=True
+            )
+            committed = await blocker
+            after = await all_records(book)
+            later = await book.record(opened("t0"))
+            return committed, outcomes, after, later
+
+    committed, outcomes, after, later = asyncio.run(body())
+    assert all(isinstance(o, StoreError) for o in outcomes), outcomes
+    assert after == [committed]
+    assert later.position == 2
+
+
+def test_racing_callers_with_the_same_expected_version_have_exactly_one_winner(
+    sqlite_url: str,
+) -> None:
+    """50 tasks moving one trade's stop with expected_version=1: one record, 49 ConcurrencyError."""
+
+    async def body() -> tuple[list[Any], list[Record]]:
+        async with open_ledger(sqlite_url) as book:
+            await book.record(opened("t1"))
+            outcomes = await asyncio.gather(
+                *(
+                    book.record(stop_moved("t1", stop_price=Decimal(90) + n), expected_version=1)
+                    for n in range(50)
+                ),
+                return_exceptions=True,
+            )
+            return outcomes, await book.store.read_stream("trade-t1")
+
+    outcomes, stream = asyncio.run(body())
+    kinds = Counter(type(o).__name__ for o in outcomes)
+    assert kinds == {"Record": 1, "ConcurrencyError": 49}
+    assert [r.version for r in stream] == [1, 2]
+    (winner,) = [o for o in outcomes if isinstance(o, Record)]
+    assert stream[1] == winner
+
+
+def test_a_second_writer_on_the_same_file_is_seen_by_the_first_writers_rules(
+    sqlite_url: str,
+) -> None:
+    """Two ledgers on one file: each sees the other's appends in versions and trade rules."""
+
+    async def body() -> None:
+        async with open_ledger(sqlite_url) as a, open_ledger(sqlite_url) as b:
+            await a.record(opened("t1"))
+            moved = await b.record(stop_moved("t1"), expected_version=1)
+            with pytest.raises(ConcurrencyError):
+                await a.record(stop_moved("t1", stop_price=Decimal(96)), expected_version=1)
+            assert (await a.record(stop_moved("t1", stop_price=Decimal(97)))).version == 3
+            await b.record(closed("t1"))
+            with pytest.raises(InvalidEvent) as caught:
+                await a.record(stop_moved("t1", stop_price=Decimal(98)))
+            assert caught.value.rule == "trade_closed"
+            assert moved.version == 2
+            assert first_break(await all_records(a)) is None
+
+    asyncio.run(body())
+
+
+_WRITER_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, datetime as dt, logging, sys
+    from decimal import Decimal
+    import structlog
+    from ledger import ParameterChanged, StopMoved, TradeClosed, TradeOpened, open_ledger
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    URL, WHO, TRADES = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    T = dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc)
+
+    async def trade(book, n):
+        trade_id = f"{WHO}-{n}"
+        await book.record(TradeOpened(trade_id=trade_id, symbol="BTCUSDT", side="long",
+            quantity=Decimal("1"), price=Decimal("100"), currency="USDT", occurred_at=T))
+        await book.record(StopMoved(trade_id=trade_id, stop_price=Decimal("95"), occurred_at=T))
+        await book.record(ParameterChanged(name=f"{trade_id}", new_value=n,
+            changed_by="system_auto", occurred_at=T))
+        await book.record(TradeClosed(trade_id=trade_id, price=Decimal("101"), reason="manual",
+            occurred_at=T))
+
+    async def lane(book, lane_no, lanes):
+        for n in range(lane_no, TRADES, lanes):
+            await trade(book, n)
+
+    async def main():
+        async with open_ledger(URL, timeout=30) as book:
+            await asyncio.gather(*(lane(book, k, 4) for k in range(4)))
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_four_processes_appending_to_one_file_lose_and_duplicate_nothing(sqlite_url: str) -> None:
+    """4 OS processes x 200 appends: 800 records at dense positions, a valid chain, contiguous versions."""
+    trades = 50  # four events each: 200 per process
+    assert read_all(sqlite_url) == []  # the file exists before the race
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER_SCRIPT, sqlite_url, f"p{k}", str(trades)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(4)
+    ]
+    for child in children:
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err
+        assert out == ""
+
+    records = read_all(sqlite_url)
+    assert [r.position for r in records] == list(range(1, 4 * 4 * trades + 1))
+    assert first_break(records) is None
+    assert len({r.event_id for r in records}) == len(records)
+    streams: dict[str, list[int]] = {}
+    for record in records:
+        streams.setdefault(record.stream_id, []).append(record.version)
+    assert streams["parameters"] == list(range(1, 4 * trades + 1))
+    trade_streams = {s: v for s, v in streams.items() if s != "parameters"}
+    assert set(trade_streams) == {f"trade-p{k}-{n}" for k in range(4) for n in range(trades)}
+    assert all(versions == [1, 2, 3] for versions in trade_streams.values())
+    assert Counter(r.type for r in records) == {
+        "TradeOpened": 4 * trades,
+        "StopMoved": 4 * trades,
+        "ParameterChanged": 4 * trades,
+        "TradeClosed": 4 * trades,
+    }
+
+
+# Integrity
+
+
+def test_a_record_altered_beneath_the_triggers_is_caught_by_rehashing(sqlite_url: str) -> None:
+    """Changing one byte of a record's data (triggers dropped) makes check_link report a ChainBreak at it."""
+
+    async def body() -> None:
+        async with open_ledger(sqlite_url) as book:
+            await book.record(opened("t1", price=Decimal("100")))
+            await book.record(stop_moved("t1"))
+            await book.record(closed("t1"))
+
+    asyncio.run(body())
+    with connect(sqlite_url) as conn:
+        conn.execute("DROP TRIGGER records_no_update")
+        conn.execute(
+            'UPDATE records SET data = replace(data, \'"price":"100"\', \'"price":"900"\') '
+            "WHERE position = 1"
+        )
+    records = read_all(sqlite_url)
+    assert '"price":"900"' in records[0].data
+    assert first_break(records) == ChainBreak(1, "the record's content does not match its hash")
+
+
+def test_a_record_swapped_for_a_rehashed_one_breaks_the_next_link(sqlite_url: str) -> None:
+    """Re-hashing an altered record in place still breaks the chain at the following record."""
+
+    async def body() -> None:
+        async with open_ledger(sqlite_url) as book:
+            for event in [opened("t1"), stop_moved("t1"), closed("t1")]:
+                await book.record(event)
+
+    asyncio.run(body())
+    original = read_all(sqlite_url)
+    second = original[1]
+    forged = second.data.replace('"95"', '"1"')
+    forged_hash = record_hash(
+        second.prev_hash,
+        second.position,
+        second.stream_id,
+        second.version,
+        second.event_id,
+        second.type,
+        second.schema_version,
+        second.occurred_at,
+        second.recorded_at,
+        forged,
+        second.metadata,
+    )
+    with connect(sqlite_url) as conn:
+        conn.execute("DROP TRIGGER records_no_update")
+        conn.execute(
+            "UPDATE records SET data = ?, hash = ? WHERE position = 2", (forged, forged_hash)
+        )
+    assert first_break(read_all(sqlite_url)) == ChainBreak(
+        3, "prev_hash does not match the previous record's hash"
+    )
+
+
+def test_a_new_ledger_file_is_readable_and_writable_by_its_owner_only(sqlite_url: str) -> None:
+    """A ledger file created by open_ledger has mode 0o600."""
+    read_all(sqlite_url)
+    assert stat.S_IMODE(os.stat(path_of(sqlite_url)).st_mode) == 0o600
+
+
+# Schema
+
+
+def test_a_new_file_is_marked_as_a_ledger_at_the_current_schema(sqlite_url: str) -> None:
+    """user_version is SCHEMA_VERSION, application_id marks a tradeledger, and the ledger has an id."""
+
+    async def body() -> str:
+        async with open_ledger(sqlite_url) as book:
+            return await book.store.ledger_id()
+
+    ledger_id = asyncio.run(body())
+    with connect(sqlite_url) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert conn.execute("PRAGMA application_id").fetchone() == (APPLICATION_ID,)
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("SELECT value FROM ledger WHERE key = 'ledger_id'").fetchone() == (
+            ledger_id,
+        )
+    assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+def test_reopening_a_ledger_keeps_its_id(sqlite_url: str) -> None:
+    """A ledger's id is fixed when the file is created and kept across opens."""
+
+    async def ledger_id() -> str:
+        async with open_ledger(sqlite_url) as book:
+            return await book.store.ledger_id()
+
+    assert asyncio.run(ledger_id()) == asyncio.run(ledger_id())
+
+
+def open_fails(url: str) -> BaseException:
+    async def body() -> None:
+        async with open_ledger(url):
+            pass
+
+    with pytest.raises(IncompatibleStore) as caught:
+        asyncio.run(body())
+    return caught.value
+
+
+def test_a_file_from_a_newer_schema_is_refused(sqlite_url: str) -> None:
+    """A ledger file whose user_version is above SCHEMA_VERSION raises IncompatibleStore."""
+    read_all(sqlite_url)
+    with connect(sqlite_url) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    assert "upgrade" in str(open_fails(sqlite_url))
+
+
+def test_a_sqlite_file_that_is_not_a_ledger_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    """Another application's SQLite file raises IncompatibleStore and is not modified."""
+    path = tmp_path / "other.db"
+    with connect(str(path)) as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO customers (name) VALUES ('ada')")
+    before = path.read_bytes()
+    open_fails(f"sqlite:///{path}")
+    assert path.read_bytes() == before
+    with connect(str(path)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+        assert conn.execute("SELECT name FROM customers").fetchall() == [("ada",)]
+
+
+def test_a_sqlite_file_of_another_application_with_a_schema_version_is_refused(
+    tmp_path: Path,
+) -> None:
+    """A SQLite file with a user_version but another application_id raises IncompatibleStore."""
+    path = tmp_path / "other.db"
+    with connect(str(path)) as conn:
+        conn.execute("CREATE TABLE t (x)")
+        conn.execute("PRAGMA application_id = 1234")
+        conn.execute("PRAGMA user_version = 1")
+    open_fails(f"sqlite:///{path}")
+
+
+def test_a_garbage_file_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    """A file that is not SQLite at all raises IncompatibleStore and keeps its bytes."""
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"these are my trading notes, not a database\n" * 100)
+    before = path.read_bytes()
+    open_fails(f"sqlite:///{path}")
+    assert path.read_bytes() == before
+
+
+def _schema_1_file(path: str) -> list[tuple[Any, ...]]:
+    """A ledger file as tradeledger schema 1 left it, with two records; returns the rows."""
+    with connect(path) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        for statement in MIGRATIONS[0].split(";\n"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute("INSERT INTO ledger (key, value) VALUES ('ledger_id', 'old-ledger')")
+        prev = GENESIS
+        rows = []
+        for position, (stream, version, kind, data) in enumerate(
+            [
+                (
+                    "trade-t1",
+                    1,
+                    "TradeOpened",
+                    '{"currency":"USDT","occurred_at":"2026-01-05T09:30:00Z","price":"100",'
+                    '"quantity":"1","side":"long","symbol":"BTCUSDT","trade_id":"t1","type":"TradeOpened"}',
+                ),
+                (
+                    "trade-t1",
+                    2,
+                    "StopMoved",
+                    '{"occurred_at":"2026-01-05T09:31:00Z","stop":"99","trade_id":"t1","type":"StopMoved"}',
+                ),
+            ],
+            start=1,
+        ):
+            occurred = T0.replace(minute=29 + position)
+            recorded = T0.replace(minute=40 + position)
+            schema = 1
+            digest = record_hash(
+                prev, position, stream, version, f"e{position}", kind, schema,
+                occurred, recorded, data, "{}",
+            )  # fmt: skip
+            row = (
+                position,
+                stream,
+                version,
+                f"e{position}",
+                kind,
+                schema,
+                occurred.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                recorded.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                data,
+                "{}",
+                prev,
+                digest,
+            )
+            conn.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            rows.append(row)
+            prev = digest
+        return rows
+
+
+def test_a_schema_1_file_is_migrated_to_the_current_schema_keeping_its_records(
+    sqlite_url: str,
+) -> None:
+    """Opening a schema-1 ledger brings it to SCHEMA_VERSION with its records, id and chain intact."""
+    rows = _schema_1_file(path_of(sqlite_url))
+
+    async def body() -> tuple[str, list[Record], Record]:
+        async with open_ledger(sqlite_url) as book:
+            appended = await book.record(closed("t1", price=Decimal("102")))
+            return await book.store.ledger_id(), await all_records(book), appended
+
+    ledger_id, records, appended = asyncio.run(body())
+    with connect(sqlite_url) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert conn.execute("SELECT * FROM records WHERE position <= 2").fetchall() == rows
+        indexes = {
+            name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        }
+    assert "records_by_recorded_at" in indexes
+    assert ledger_id == "old-ledger"
+    assert (appended.position, appended.version) == (3, 3)
+    assert first_break(records) is None
+    assert records[1].event.stop_price == Decimal("99")  # type: ignore[attr-defined]
+
+
+# Lifecycle
+
+
+def test_a_closed_ledger_refuses_record(sqlite_url: str) -> None:
+    """record() after aclose() raises LedgerClosed and writes nothing."""
+
+    async def body() -> None:
+        book = await open_ledger(sqlite_url)
+        await book.record(opened("t1"))
+        await book.aclose()
+        await book.aclose()  # closing twice is harmless
+        with pytest.raises(LedgerClosed):
+            await book.record(opened("t2"))
+        with pytest.raises(LedgerClosed):
+            await book.record_batch([opened("t3")])
+
+    asyncio.run(body())
+    assert [r.stream_id for r in read_all(sqlite_url)] == ["trade-t1"]
+
+
+def test_a_ledger_opens_only_once(sqlite_url: str) -> None:
+    """Opening an already opened (or closed) Ledger object raises LedgerClosed."""
+
+    async def body() -> None:
+        book = open_ledger(sqlite_url)
+        async with book:
+            with pytest.raises(LedgerClosed):
+                await book.open()
+        with pytest.raises(LedgerClosed):
+            await book.open()
+
+    asyncio.run(body())
+
+
+def test_importing_the_library_prints_nothing() -> None:
+    """`import ledger` (and its store) in a fresh interpreter writes nothing to stdout or stderr."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import ledger, ledger.store.sqlite, ledger.codec, ledger.trade"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parents[2],
+    )
+    assert done.returncode == 0
+    assert (done.stdout, done.stderr) == ("", "")
+
+
+def test_a_ledger_in_a_missing_directory_raises_store_unavailable(tmp_path: Path) -> None:
+    """open_ledger() on a path whose directory does not exist raises StoreUnavailable."""
+
+    async def body() -> None:
+        async with open_ledger(f"sqlite:///{tmp_path / 'missing' / 'ledger.db'}"):
+            pass
+
+    with pytest.raises(StoreUnavailable):
+        asyncio.run(body())
