@@ -51,7 +51,7 @@ from ledger.codec import decode_event
 from replay.rebuild import rebuild
 
 SYMBOLS = [f"SYM{i:02d}USDT" for i in range(50)]
-START = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+START = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 
 
 def lifecycles(count: int, seed: int, first: int = 0) -> list[Event]:
