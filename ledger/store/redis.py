@@ -541,25 +541,32 @@ class RedisStore:
         while True:
             stage = Stage(self._head)
             outcomes = self._stage_all(group, stage, known)
-            doubtful = {
-                p.stream_id
+            refused = [
+                request.batch
                 for request, outcome in zip(group, outcomes, strict=True)
                 if isinstance(outcome, InvalidEvent | ConcurrencyError)
-                for p in request.batch
-            } - checked
-            if not doubtful:
+            ]
+            # a refusal is believed only after idempotency (is it a retry of a
+            # recorded event?) and the refused streams' versions are checked
+            doubtful = {p.stream_id for batch in refused for p in batch} - checked
+            unknown = {p.event_id for batch in refused for p in batch} - checked - known.keys()
+            if not doubtful and not unknown:
                 break
-            checked |= doubtful
-            names = sorted(doubtful)
-            versions = await self._call(
-                self._client.hmget(self._keys["versions"], names), sent=False
-            )
+            checked |= doubtful | unknown
+            names, ids = sorted(doubtful), sorted(unknown)
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hmget(self._keys["versions"], names or ["-"])
+            pipe.hmget(self._keys["ids"], ids or ["-"])
+            versions, positions = await self._call(pipe.execute(), sent=False)
+            retried = [int(p) for p in positions if p is not None] if ids else []
+            for record in await self._records_at(retried):
+                known[record.event_id] = record
             stale = [
                 n
-                for n, v in zip(names, versions, strict=True)
+                for n, v in zip(names, versions, strict=False)
                 if self._streams[n][0] != int(v or 0)
             ]
-            if not stale:
+            if not stale and not retried:
                 break
             self._head = await self.head()
             for stream_id in stale:

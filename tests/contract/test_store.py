@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 
 import msgspec
 import pytest
+import redis
 
 from ledger import (
     Append,
@@ -47,15 +49,16 @@ from tests.lifecycles import (
     target_moved,
 )
 
-URL_FACTORIES: dict[str, Callable[[Path], str]] = {
-    "sqlite": lambda tmp_path: f"sqlite:///{tmp_path / 'contract.db'}",
+URL_FACTORIES: dict[str, Callable[[pytest.FixtureRequest, Path], str]] = {
+    "sqlite": lambda request, tmp_path: f"sqlite:///{tmp_path / 'contract.db'}",
+    "redis": lambda request, tmp_path: request.getfixturevalue("redis_server").url(tmp_path),
 }
 
 
 @pytest.fixture(params=list(URL_FACTORIES))
 def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty ledger URL on each backend."""
-    return URL_FACTORIES[request.param](tmp_path)
+    return URL_FACTORIES[request.param](request, tmp_path)
 
 
 class SqliteRaw:
@@ -86,10 +89,37 @@ class SqliteRaw:
             conn.commit()
 
 
-RAW: dict[str, type[SqliteRaw]] = {"sqlite": SqliteRaw}
+class RedisRaw:
+    """Access to a Redis ledger beneath the public API."""
+
+    @staticmethod
+    def rows(url: str) -> list[tuple[Any, ...]]:
+        """Every key of the ledger and what it holds, exactly as Redis has it."""
+        parts = urllib.parse.urlsplit(url)
+        name = urllib.parse.parse_qs(parts.query)["ledger"][0]
+        client = redis.Redis(host=parts.hostname or "127.0.0.1", port=parts.port or 6379)
+        try:
+            found: list[tuple[Any, ...]] = []
+            for key in sorted(client.scan_iter(match=f"tradeledger:{{{name}}}:*")):
+                kind = client.type(key)
+                if kind == b"stream":
+                    content: Any = client.xrange(key)
+                elif kind == b"hash":
+                    content = sorted(client.hgetall(key).items())
+                elif kind == b"list":
+                    content = client.lrange(key, 0, -1)
+                else:
+                    content = client.dump(key)
+                found.append((key, kind, content))
+            return found
+        finally:
+            client.close()
 
 
-def raw(url: str) -> type[SqliteRaw]:
+RAW: dict[str, type[SqliteRaw] | type[RedisRaw]] = {"sqlite": SqliteRaw, "redis": RedisRaw}
+
+
+def raw(url: str) -> type[SqliteRaw] | type[RedisRaw]:
     return RAW[url.split(":", 1)[0]]
 
 
@@ -716,40 +746,40 @@ def test_subscribe_sees_records_appended_by_another_process(ledger_url: str) -> 
 # Append-only
 
 
-def test_stored_records_cannot_be_updated_in_place(ledger_url: str) -> None:
-    """The store refuses to rewrite a record underneath the ledger, and the record stays as it was."""
+def test_sqlite_records_cannot_be_updated_in_place(sqlite_url: str) -> None:
+    """SQLite's schema refuses to rewrite a record underneath the ledger, and the record stays as it was."""
 
     async def body() -> list[Any]:
-        async with open_ledger(ledger_url) as book:
+        async with open_ledger(sqlite_url) as book:
             await book.record(opened("t1"))
             return await snapshot(book)
 
     before = run(body())
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-        raw(ledger_url).update_record(ledger_url)
+        SqliteRaw.update_record(sqlite_url)
 
     async def reread() -> list[Any]:
-        async with open_ledger(ledger_url) as book:
+        async with open_ledger(sqlite_url) as book:
             return await snapshot(book)
 
     assert run(reread()) == before
 
 
-def test_stored_records_cannot_be_deleted(ledger_url: str) -> None:
-    """The store refuses to delete a record underneath the ledger, and the record stays."""
+def test_sqlite_records_cannot_be_deleted(sqlite_url: str) -> None:
+    """SQLite's schema refuses to delete a record underneath the ledger, and the record stays."""
 
     async def body() -> list[Any]:
-        async with open_ledger(ledger_url) as book:
+        async with open_ledger(sqlite_url) as book:
             await book.record(opened("t1"))
             await book.record(opened("t2"))
             return await snapshot(book)
 
     before = run(body())
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-        raw(ledger_url).delete_record(ledger_url)
+        SqliteRaw.delete_record(sqlite_url)
 
     async def reread() -> list[Any]:
-        async with open_ledger(ledger_url) as book:
+        async with open_ledger(sqlite_url) as book:
             return await snapshot(book)
 
     assert run(reread()) == before
