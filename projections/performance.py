@@ -103,7 +103,9 @@ class _Stats(msgspec.Struct, kw_only=True):
 def _path_step(stats: _Stats, start: Decimal, net: Decimal, cumulative: Decimal) -> None:
     """Advance the equity path by one close whose cumulative net is ``cumulative``."""
     equity = start + cumulative
-    if stats.peak is None or equity > stats.peak:
+    if stats.peak is None:
+        stats.peak = start  # the peak is seeded at the starting equity
+    if equity > stats.peak:
         stats.peak = equity
     drawdown = stats.peak - equity
     if drawdown > stats.max_drawdown:

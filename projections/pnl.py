@@ -13,10 +13,14 @@ from decimal import Decimal
 import msgspec
 
 from ledger.projection import StateProjection, Step
-from ledger.trade import CONTEXT, TradeState
+from ledger.trade import TradeState
 from projections.grouping import check_group, keys
 
 _ZERO = Decimal(0)
+# An open trade's realized gross after a partial exit may not terminate (C*q/Q);
+# the totals add and later take back such amounts, so they sum exactly: addition
+# and subtraction at the maximum precision never round.
+_EXACT = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
 
 
 class PnlRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -33,8 +37,7 @@ class PnlRow(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def net(self) -> Decimal:
         """gross - fees + funding."""
-        with decimal.localcontext(CONTEXT):
-            return self.gross - self.fees + self.funding
+        return _EXACT.add(_EXACT.subtract(self.gross, self.fees), self.funding)
 
 
 class _Totals(msgspec.Struct, array_like=True):
@@ -99,7 +102,7 @@ class Pnl(StateProjection):
         trade = self._changed.pop(trade_id)
         closing = trade.closed_at is not None
         base = self._settled.pop(trade_id, None) if closing else self._settled.get(trade_id)
-        ctx = CONTEXT
+        ctx = _EXACT
         gross, fees, funding = trade.gross, trade.fees, trade.funding
         if base is not None:
             gross = ctx.subtract(gross, base.gross)
