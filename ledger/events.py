@@ -298,6 +298,15 @@ def _kinds(cls: type[Event]) -> dict[str, str | None]:
 _FIELD_KINDS: dict[type[Event], dict[str, str | None]] = {
     cls: _kinds(cls) for cls in EVENT_TYPES.values()
 }
+# Per class: the decimal fields with their kind, and the id/text fields.
+_NUMBERS: dict[type[Event], tuple[tuple[str, str], ...]] = {
+    cls: tuple((n, k) for n, k in kinds.items() if k in (_POSITIVE, _SIGNED, _UNIT))
+    for cls, kinds in _FIELD_KINDS.items()
+}
+_TEXTS: dict[type[Event], tuple[str, ...]] = {
+    cls: tuple(n for n, k in kinds.items() if k in (_ID, _TEXT))
+    for cls, kinds in _FIELD_KINDS.items()
+}
 _DEFAULTS: dict[type[Event], list[msgspec.structs.FieldInfo]] = {
     cls: [
         f
@@ -334,13 +343,10 @@ def validate(event: object, *, now: dt.datetime | None = None) -> Event:
             rule="unknown_type",
         )
     cls = type(event)
-    for name, kind in _FIELD_KINDS[cls].items():
+    numbers, texts = _NUMBERS[cls], _TEXTS[cls]
+    for name, _kind in numbers:
         value = getattr(event, name)
-        if (
-            kind in (_POSITIVE, _SIGNED, _UNIT)
-            and value is not None
-            and not isinstance(value, Decimal)
-        ):
+        if value is not None and not isinstance(value, Decimal):
             raise InvalidEvent(
                 f"{name} must be a Decimal, got {type(value).__name__}",
                 field=name,
@@ -348,22 +354,23 @@ def validate(event: object, *, now: dt.datetime | None = None) -> Event:
             )
     if not isinstance(event.occurred_at, dt.datetime):
         raise InvalidEvent("occurred_at must be a datetime", field="occurred_at", rule="schema")
-    _check_metadata(event.metadata)
+    if event.metadata:
+        _check_metadata(event.metadata)
     try:
         # msgspec checks lengths, patterns, literals and tz-awareness on conversion only.
         msgspec.convert(msgspec.to_builtins(event), type=cls)
     except (msgspec.ValidationError, TypeError) as e:
         raise InvalidEvent(str(e), field=field_from(str(e)), rule="schema") from e
     changes: dict[str, Any] = {}
-    for name, kind in _FIELD_KINDS[cls].items():
+    for name, kind in numbers:
         value = getattr(event, name)
-        if value is None:
-            continue
-        if isinstance(value, Decimal):
+        if value is not None:
             fixed = _check_decimal(name, value, kind)
             if fixed is not value:
                 changes[name] = fixed
-        elif isinstance(value, str) and kind in (_ID, _TEXT) and not value.isprintable():
+    for name in texts:
+        value = getattr(event, name)
+        if value is not None and not value.isprintable():
             raise InvalidEvent(
                 f"{name} contains non-printable characters", field=name, rule="printable"
             )

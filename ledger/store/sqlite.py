@@ -187,6 +187,22 @@ def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
         future.set_result(outcome)
 
 
+def _settle_group(outcomes: list[tuple[asyncio.Future[Any], Any]], appended: asyncio.Event) -> None:
+    """Answer a whole committed group in one wake-up of the event loop."""
+    for future, outcome in outcomes:
+        _settle(future, outcome)
+    appended.set()
+
+
+class _Expired(Exception):
+    """The caller's wait ran out (set on its future by a timer)."""
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(_Expired())
+
+
 class _Writer:
     """The thread that owns the write connection and commits groups of appends."""
 
@@ -202,6 +218,7 @@ class _Writer:
         )
         self.verified: set[str] = set()
         self.data_version = -1
+        self.log = structlog.get_logger("tradeledger").bind(store="sqlite")
         self.thread = threading.Thread(
             target=self.run, name="tradeledger-sqlite-writer", daemon=True
         )
@@ -312,17 +329,21 @@ class _Writer:
             self.sync()
             stage = Stage(self.head)
             now = self.store.clock()
+            alone = len(live) == 1  # a lone caller needs no savepoint: its failure is the group's
             for request in live:
                 child = Stage(stage.head, stage)
-                self.conn.execute("SAVEPOINT request")
+                if not alone:
+                    self.conn.execute("SAVEPOINT request")
                 try:
                     records = self.apply(request.batch, child, now)
                 except LedgerError as refused:
-                    self.conn.execute("ROLLBACK TO request")
-                    self.conn.execute("RELEASE request")
+                    if not alone:
+                        self.conn.execute("ROLLBACK TO request")
+                        self.conn.execute("RELEASE request")
                     outcomes.append(refused)
                     continue
-                self.conn.execute("RELEASE request")
+                if not alone:
+                    self.conn.execute("RELEASE request")
                 child.merge_into_parent()
                 outcomes.append(records)
             failpoints.hit("before_commit")
@@ -349,16 +370,13 @@ class _Writer:
         self.head = stage.head
         for stream_id, entry in stage.streams.items():
             self.remember(stream_id, entry)
-        for request, outcome in zip(live, outcomes, strict=True):
-            request.settle(outcome)
-        self.store.notify()
-        structlog.get_logger("tradeledger").debug(
+        self.log.debug(
             "append_group",
             requests=len(live),
-            events=sum(len(r.batch) for r in live),
             head=self.head.position,
             ms=round((time.perf_counter() - started) * 1000, 3),
         )
+        self.store.answer([(r.future, o) for r, o in zip(live, outcomes, strict=True)])
 
     def fail(self, requests: list[_Request], error: LedgerError, cause: BaseException) -> None:
         error.__cause__ = cause
@@ -533,10 +551,10 @@ class SqliteStore:
         if self._appended is not None:
             self._appended.set()
 
-    def notify(self) -> None:
-        """Wake subscribers (called from the writer thread after a commit)."""
+    def answer(self, outcomes: list[tuple[asyncio.Future[Any], Any]]) -> None:
+        """Settle a committed group's callers and wake subscribers (from the writer thread)."""
         if self._loop is not None and self._appended is not None:
-            self._loop.call_soon_threadsafe(self._appended.set)
+            self._loop.call_soon_threadsafe(_settle_group, outcomes, self._appended)
 
     def _live(self) -> tuple[_Writer, aiosqlite.Connection]:
         if self._closed or self._writer is None or self._reader is None:
@@ -553,9 +571,10 @@ class SqliteStore:
 
     async def _submit(self, writer: _Writer, request: _Request) -> Any:
         writer.submit(request)
+        timer = request.loop.call_later(self.timeout, _expire, request.future)
         try:
-            return await asyncio.wait_for(asyncio.shield(request.future), self.timeout)
-        except TimeoutError:
+            return await request.future
+        except _Expired:
             if writer.cancel(request):
                 raise StoreUnavailable(
                     f"{self.path}: the write did not start within {self.timeout}s; nothing was written"
@@ -564,6 +583,8 @@ class SqliteStore:
                 f"{self.path}: no answer within {self.timeout}s after the write started; "
                 "retry with the same event_id"
             ) from None
+        finally:
+            timer.cancel()
 
     async def save_checkpoints(self, checkpoints: Sequence[Checkpoint]) -> None:
         writer, _ = self._live()
