@@ -319,11 +319,9 @@ _DEFAULTS: dict[type[Event], list[msgspec.structs.FieldInfo]] = {
 
 def canonical_decimal(value: Decimal) -> Decimal:
     """The one form of a finite decimal: no exponent, no trailing zeros, no negative zero."""
-    sign, digits, exponent = value.as_tuple()
-    if exponent == 0 and not (sign and digits == (0,)):
-        return value  # an integer written without exponent: already canonical
-    if isinstance(exponent, int) and exponent < 0 and digits[-1] != 0:
-        return value  # a fraction without trailing zeros: already canonical
+    text = str(value)
+    if "E" not in text and not ("." in text and text[-1] == "0") and text != "-0":
+        return value  # already canonical: the common case, decided from the text alone
     text = format(value.normalize(_WIDE), "f")
     if text.startswith("-") and Decimal(text) == 0:
         text = text[1:]
