@@ -12,7 +12,7 @@ import msgspec
 from ledger.chain import timestamp
 from ledger.events import canonical_decimal
 from ledger.projection import Step, TableProjection
-from ledger.trade import TradeState
+from ledger.trade import RATIO, TradeState
 
 SortBy = Literal["closed_at", "opened_at", "net", "r"]
 
@@ -126,6 +126,11 @@ def _text(value: Decimal | None) -> str | None:
 
 def _row(trade: TradeState, position: int) -> tuple[Any, ...]:
     assert trade.closed_at is not None
+    # each figure once: the properties would recompute net and invested several times
+    net = trade.net
+    invested = trade.invested
+    margin = trade.margin if trade.margin is not None else RATIO.divide(invested, trade.leverage)
+    risk = trade.initial_risk
     return (
         trade.trade_id,
         position,
@@ -149,13 +154,13 @@ def _row(trade: TradeState, position: int) -> tuple[Any, ...]:
         _text(trade.gross),
         _text(trade.fees),
         _text(trade.funding),
-        _text(trade.net),
-        _text(trade.invested),
-        _text(trade.return_fraction),
-        _text(trade.roe),
-        _text(trade.initial_risk),
-        _text(trade.r_multiple),
-        trade.outcome,
+        _text(net),
+        _text(invested),
+        _text(RATIO.divide(net, invested)),
+        _text(RATIO.divide(net, margin)),
+        _text(risk),
+        _text(RATIO.divide(net, risk) if risk else None),
+        "win" if net > 0 else "loss" if net < 0 else "breakeven",
         _text(trade.holding_seconds),
         trade.close_reason,
     )
