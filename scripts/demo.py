@@ -255,12 +255,12 @@ async def run_bot(url: str, ticks: int, seed: int, ack: Path | None, pause: floa
         if head.position:
             restored = book.runner.restored
             print(
-                f"  bot restarted: ledger open in {opened_ms:.1f} ms; views restored from checkpoints at "
+                f"  the bot opens the ledger in {opened_ms:.1f} ms: views restored from checkpoints at "
                 f"position {min(restored.values(), default=0)} + a tail of {book.runner.replayed} records (head {head.position})"
             )
             open_now = book.view(OpenPositions).positions()
             print(
-                f"  it knows its {len(open_now)} open trades again: "
+                f"  and knows its {len(open_now)} open trades: "
                 + ", ".join(
                     f"{t.trade_id} {t.side} {t.symbol} stop {t.stop_price}" for t in open_now[:4]
                 )
