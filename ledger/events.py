@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import hashlib
 import re
 import typing
 import uuid
@@ -26,6 +27,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
+from ledger.chain import timestamp
 from ledger.errors import InvalidEvent
 
 __all__ = [
@@ -253,6 +255,7 @@ def stream_of(event: Event) -> str:
 
 
 _KEY_SPACE = uuid.UUID("6f0c1d7e-5b1a-4c53-9a57-0e5d2f1b8a41")
+_KEY_BYTES = _KEY_SPACE.bytes
 _SEP = "\x1f"  # ids are printable, so the unit separator cannot appear inside one
 
 
@@ -275,11 +278,16 @@ def natural_event_id(event: Event) -> str | None:
         parts = ("funding", event.trade_id, _iso(event.occurred_at))
     else:
         return None
-    return str(uuid.uuid5(_KEY_SPACE, _SEP.join(parts)))
+    # uuid5(_KEY_SPACE, name), spelled out: the UUID object costs more than the hash
+    digest = bytearray(hashlib.sha1(_KEY_BYTES + _SEP.join(parts).encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _iso(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return timestamp(moment)
 
 
 def _kinds(cls: type[Event]) -> dict[str, str | None]:
@@ -399,16 +407,20 @@ def _check_decimal(name: str, value: Decimal, kind: str | None) -> Decimal:
         raise InvalidEvent(
             f"{name} must be a finite number, got {value}", field=name, rule="finite"
         )
-    if len(value.as_tuple().digits) > MAX_DIGITS or abs(value.adjusted()) > MAX_DIGITS:
+    text = str(value)
+    # a short text cannot hold too many digits: the exact count only for long ones
+    if (len(text) > MAX_DIGITS or "E" in text) and (
+        len(value.as_tuple().digits) > MAX_DIGITS or abs(value.adjusted()) > MAX_DIGITS
+    ):
         raise InvalidEvent(f"{name} has more than {MAX_DIGITS} digits", field=name, rule="digits")
     fixed = canonical_decimal(value)
-    if len(fixed.as_tuple().digits) > MAX_DIGITS:
+    if fixed is not value and len(fixed.as_tuple().digits) > MAX_DIGITS:
         raise InvalidEvent(f"{name} has more than {MAX_DIGITS} digits", field=name, rule="digits")
     if kind == _POSITIVE and fixed <= 0:
         raise InvalidEvent(f"{name} must be > 0, got {fixed}", field=name, rule="positive")
     if kind == _UNIT and not 0 <= fixed <= 1:
         raise InvalidEvent(f"{name} must be within 0..1, got {fixed}", field=name, rule="range")
-    if str(fixed) == str(value):
+    if fixed is value or str(fixed) == text:
         return value
     return fixed
 

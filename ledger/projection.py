@@ -119,9 +119,24 @@ class TableProjection(_Projection):
         self.setup(conn)
 
     @abc.abstractmethod
-    def flush(self, conn: sqlite3.Connection) -> None:
-        """Write what ``apply`` buffered, inside the runner's transaction."""
+    def take(self) -> Callable[[sqlite3.Connection], None]:
+        """Hand over what ``apply`` buffered, as a function that writes it.
 
-    @abc.abstractmethod
+        The runner calls it inside the transaction that stores the view's
+        position - maybe later, on the writer's thread, while ``apply`` goes
+        on: it must not touch state that ``apply`` still changes (see
+        ``settled``).
+        """
+
+    @property
+    def settled(self) -> bool:
+        """False while the next write must finish before ``apply`` may go on."""
+        return True
+
+    def flush(self, conn: sqlite3.Connection) -> None:
+        """Write what ``apply`` buffered, now."""
+        self.take()(conn)
+
     def discard(self) -> None:
-        """Drop what ``apply`` buffered (the transaction failed)."""
+        """Drop what ``apply`` buffered (its transaction failed)."""
+        self.take()

@@ -119,6 +119,7 @@ class Runner:
         self._dirty = False
         self._checkpointed = 0
         self._saving: asyncio.Task[None] | None = None
+        self._writing: asyncio.Future[None] | None = None
         self._log = structlog.get_logger("tradeledger")
         self.restored: dict[str, int] = {}
         self.replayed = 0
@@ -268,41 +269,62 @@ class Runner:
             self._apply(record)
             applied += 1
             if applied % _FLUSH_EVERY == 0:
-                await self._flush()
+                await self._flush(wait=False)
                 if progress is not None:
                     progress(record.position, target)
         await self._flush()
         self._maybe_checkpoint()
 
-    async def _flush(self) -> None:
+    async def _flush(self, *, wait: bool = True) -> None:
+        """Write the table views' buffered rows with their position, in one transaction.
+
+        ``wait=False`` (catch-ups and rebuilds) lets ``apply`` go on with the
+        next records while the writer stores these - unless a view is not
+        settled; the next flush waits for this one, so writes stay in order.
+        """
+        if self._writing is not None:
+            pending, self._writing = self._writing, None
+            await pending
         if not self._dirty or not self.tables:
             self._dirty = False
             return
         self._dirty = False
         position, digest_ = self.position, self.hash
         tables = [t for t in self.tables if not t.faulted]
+        settled = all(t.settled for t in tables)
+        writes = [(table, table.take()) for table in tables]
 
         def work(conn: sqlite3.Connection) -> None:
-            for table in tables:
+            for table, write in writes:
                 conn.execute("SAVEPOINT view")
                 try:
-                    table.flush(conn)
+                    write(conn)
                     conn.execute(
                         "INSERT OR REPLACE INTO projection_positions VALUES (?, ?, ?, ?)",
                         (table.name, table.identity(), position, digest_),
                     )
                 except sqlite3.Error as e:
                     conn.execute("ROLLBACK TO view")
-                    table.discard()
                     table.fault(f"cannot store rows at position {position}: {e}")
                     self._log.error("projection_faulted", view=table.name, error=str(e))
                 conn.execute("RELEASE view")
 
+        task = asyncio.ensure_future(self._write(work, tables, position))
+        if wait or not settled:
+            await task
+        else:
+            self._writing = task
+
+    async def _write(
+        self,
+        work: Callable[[sqlite3.Connection], None],
+        tables: list[TableProjection],
+        position: int,
+    ) -> None:
         try:
             await self.read_model.transact(work, durable=False)
         except LedgerError:
             for table in tables:
-                table.discard()
                 table.fault(f"the read model could not be written at position {position}")
             raise
 
@@ -397,7 +419,7 @@ class Runner:
                 self.position, self.hash, self._dirty = record.position, record.hash, True
                 applied += 1
                 if applied % _FLUSH_EVERY == 0:
-                    await self._flush()
+                    await self._flush(wait=False)
             await self._flush()
         return inconsistent
 

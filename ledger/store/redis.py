@@ -1,17 +1,35 @@
 """The shared store: one ledger in Redis, for executors on several hosts.
 
-URL: ``redis://[:password@]host:port/db?ledger=NAME`` (``rediss://`` for TLS,
-``redis+cluster://host:port/?ledger=NAME`` for a Redis Cluster). Options in
-the query: ``views=PATH`` (the local read-model file, default
-``tradeledger-NAME.views.db``), ``wait_replicas=N`` (acknowledge only once N
-replicas have the write), ``require_durable=1``, ``allow_eviction=1``.
+URLs: ``redis://[[user]:password@]host:port/db?ledger=NAME``, ``rediss://`` for
+TLS, and ``redis+cluster://host:port/0?ledger=NAME`` (any node of the cluster
+will do; the client learns the rest) for a Redis Cluster. Options in the
+query: ``views=PATH`` (the local read-model file, default
+``tradeledger-NAME.views.db``), ``wait_replicas=N``, ``require_durable=1``,
+``allow_eviction=1``, and ``spool=PATH`` (see :mod:`ledger.store.spool`).
 
 Every key of a ledger carries the hash tag ``{NAME}``: a ledger lives in one
 cluster slot and many ledgers spread over a cluster. Redis Lua has no SHA-256,
 so this client stages and hashes a group of appends against the head it
 expects, and one script checks the head, the event ids and the stream versions
-before its first write (a script cannot roll back); a lost race on the head is
-staged again against the new head.
+before its first write (a script cannot roll back; its ``#!lua`` shebang
+declares it a writer, so a server out of memory refuses it before it runs). A
+lost race on the head is staged again against the new head.
+
+Durability is read, not assumed: on open the store reads ``appendonly``,
+``appendfsync`` and ``maxmemory-policy`` (``unknown`` where CONFIG is not
+allowed), warns when acknowledged records can be lost, refuses with
+``require_durable=1``, and refuses an evicting policy unless
+``allow_eviction=1``. Redis is one primary: a failover promotes a replica that
+may lack the last acknowledged records. ``wait_replicas=N`` acknowledges only
+after ``WAIT`` saw N replicas take the write, within half the timeout; when
+fewer confirm, the append raises ``OutcomeUnknown`` although the primary has
+the record, and so does every retry until N replicas confirm (a retry finds
+the record and waits for the replicas again).
+
+Faults: ``StoreUnavailable`` when nothing was sent, ``OutcomeUnknown`` when the
+script may have run; the address appears in messages, the password never.
+After three failures in a row the store fails fast for a second, then lets one
+call through to probe; connections are re-made as needed.
 """
 
 from __future__ import annotations
@@ -19,6 +37,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
+import random
 import time
 import urllib.parse
 import uuid
@@ -43,6 +63,7 @@ from ledger.errors import (
     LedgerClosed,
     LedgerError,
     OutcomeUnknown,
+    StoreError,
     StoreUnavailable,
 )
 from ledger.events import SignalEmitted, TradeOpened
@@ -60,27 +81,34 @@ T = TypeVar("T")
 _APPEND = """#!lua
 -- KEYS: head, ids, versions, types, log, then one stream list per record
 -- ARGV: expected head position, expected head hash, record count, then 12 fields per record
-local head = redis.call('HMGET', KEYS[1], 'position', 'hash')
+-- Checks everything before the first write; on any mismatch writes nothing and
+-- returns {'LOST', position, hash, recorded_at, #ids, ids..., #streams, stream, version...}
+local head = redis.call('HMGET', KEYS[1], 'position', 'hash', 'recorded_at')
 local position = tonumber(head[1] or '0')
-local digest = head[2] or ARGV[2]
-if position ~= tonumber(ARGV[1]) or (position > 0 and digest ~= ARGV[2]) then
-  return {'HEAD', tostring(position)}
-end
+local lost = position ~= tonumber(ARGV[1]) or (position > 0 and head[2] ~= ARGV[2])
 local n = tonumber(ARGV[3])
-local seen = {}
+local dups, stale, seen = {}, {}, {}
 for i = 0, n - 1 do
   local b = 4 + i * 12
   if redis.call('HEXISTS', KEYS[2], ARGV[b + 3]) == 1 then
-    return {'DUP', ARGV[b + 3]}
+    dups[#dups + 1] = ARGV[b + 3]
   end
   local stream = ARGV[b + 1]
   if not seen[stream] then
-    local current = tonumber(redis.call('HGET', KEYS[3], stream) or '0')
-    if current ~= tonumber(ARGV[b + 2]) - 1 then
-      return {'VERSION', stream, tostring(current)}
-    end
     seen[stream] = true
+    local current = redis.call('HGET', KEYS[3], stream) or '0'
+    if tonumber(current) ~= tonumber(ARGV[b + 2]) - 1 then
+      stale[#stale + 1] = stream
+      stale[#stale + 1] = current
+    end
   end
+end
+if lost or #dups > 0 or #stale > 0 then
+  local answer = {'LOST', tostring(position), head[2] or '', head[3] or '', #dups}
+  for _, id in ipairs(dups) do answer[#answer + 1] = id end
+  answer[#answer + 1] = #stale / 2
+  for _, item in ipairs(stale) do answer[#answer + 1] = item end
+  return answer
 end
 for i = 0, n - 1 do
   local b = 4 + i * 12
@@ -99,19 +127,23 @@ redis.call('HSET', KEYS[1], 'position', ARGV[last], 'hash', ARGV[last + 11],
   'recorded_at', ARGV[last + 7])
 return {'OK'}
 """
+_SHA = hashlib.sha1(_APPEND.encode()).hexdigest()
 
 _PAGE = 1000
 _STREAM_CACHE = 20_000
 _MAX_GROUP_EVENTS = 2000
-_RACE_RETRIES = 20
+_BACKOFF_AFTER = 2  # lost races in a row before a jittered pause, to break lockstep
 _TRIP_AFTER = 3
 _COOL_DOWN = 1.0
+_MEMORY_SAMPLE = 1000
+_FIXED_KEYS = ("log", "head", "ids", "versions", "types", "checkpoints", "meta")
 
 _parse_time = dt.datetime.fromisoformat
 
 
 class _Options(msgspec.Struct, kw_only=True):
-    url: str
+    """What a redis URL asks for; never the password (the client URL is kept apart)."""
+
     name: str
     cluster: bool
     views: str
@@ -127,7 +159,8 @@ def spool_path(url: str) -> str | None:
     return found[0] if found else None
 
 
-def _options(url: str) -> _Options:
+def _options(url: str) -> tuple[_Options, str, str | None]:
+    """The options, the URL for redis-py, and the password (to scrub from messages)."""
     parts = urllib.parse.urlsplit(url)
     query = urllib.parse.parse_qs(parts.query)
     names = query.pop("ledger", [])
@@ -141,16 +174,27 @@ def _options(url: str) -> _Options:
 
     views = query.pop("views", [f"tradeledger-{name}.views.db"])[0]
     query.pop("spool", None)
-    wait_replicas = int(query.pop("wait_replicas", ["0"])[0])
+    try:
+        wait_replicas = int(query.pop("wait_replicas", ["0"])[0])
+    except ValueError:
+        raise ValueError("wait_replicas must be a whole number of replicas") from None
+    if wait_replicas < 0:
+        raise ValueError("wait_replicas must be 0 or more")
     require_durable = flag("require_durable")
     allow_eviction = flag("allow_eviction")
+    password = urllib.parse.unquote(parts.password) if parts.password else None
+    if "password" in query:
+        password = query["password"][0]
     scheme = "redis" if parts.scheme == "redis+cluster" else parts.scheme
     rest = urllib.parse.urlencode({k: v[0] for k, v in query.items()})
     client_url = urllib.parse.urlunsplit((scheme, parts.netloc, parts.path, rest, ""))
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ValueError("the redis URL has a bad port") from None
     host = parts.hostname or "localhost"
-    address = f"{parts.scheme}://{host}:{parts.port or 6379}{parts.path or ''}?ledger={name}"
-    return _Options(
-        url=client_url,
+    address = f"{parts.scheme}://{host}:{port}{parts.path or ''}?ledger={name}"
+    options = _Options(
         name=name,
         cluster=cluster,
         views=views,
@@ -159,6 +203,7 @@ def _options(url: str) -> _Options:
         allow_eviction=allow_eviction,
         address=address,
     )
+    return options, client_url, password
 
 
 class _Request:
@@ -171,7 +216,19 @@ class _Request:
 
 
 class _Lost(Exception):
-    """The script found the log other than staged: stage again."""
+    """The script found the log other than staged, and says how: stage again."""
+
+    def __init__(self, answer: list[Any]) -> None:
+        super().__init__("lost the race")
+        position, digest, recorded_at, count = answer[1:5]
+        self.head = (
+            Head(int(position), digest, _parse_time(recorded_at))
+            if int(position)
+            else Head(0, GENESIS, None)
+        )
+        self.ids: list[str] = answer[5 : 5 + int(count)]
+        rest = answer[6 + int(count) :]
+        self.streams: list[str] = rest[0::2]
 
 
 def _record(entry_id: str, fields: dict[str, str]) -> Record:
@@ -194,6 +251,15 @@ def _record(entry_id: str, fields: dict[str, str]) -> Record:
         raise IntegrityError(f"the record {entry_id} is malformed: {e}") from e
 
 
+def _settle(future: asyncio.Future[list[Record]], outcome: list[Record] | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
 class RedisStore:
     """The log in Redis; see the module docstring for how it appends."""
 
@@ -209,7 +275,7 @@ class RedisStore:
         require_durable: bool | None = None,
         poll_interval: float = 0.2,
     ) -> None:
-        self.options = _options(url)
+        self.options, self._client_url, self._password = _options(url)
         self.url = self.options.address
         self.rules = rules
         self.clock = clock
@@ -220,15 +286,14 @@ class RedisStore:
             self.options.require_durable if require_durable is None else require_durable
         )
         self.poll_interval = poll_interval
-        self.durability = "unknown"
+        self.durability = "unknown: not opened yet"
         self.persistence: dict[str, str] = {}
         tag = f"tradeledger:{{{self.options.name}}}:"
         self._prefix = tag
-        self._keys = {
-            k: tag + k for k in ("log", "head", "ids", "versions", "types", "checkpoints", "meta")
-        }
+        self._keys = {k: tag + k for k in _FIXED_KEYS}
         self._client: Any = None
-        self._script: Any = None
+        self._script_loaded = False
+        self._wait_ms = max(1, int(timeout * 500))
         self._views = LocalReadModel(self.options.views, timeout=timeout)
         self._queue: asyncio.Queue[_Request] | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -245,7 +310,6 @@ class RedisStore:
     async def open(self) -> None:
         if self._client is not None or self._closed:
             raise LedgerClosed("a store opens once")
-        options = self.options
         common: dict[str, Any] = {
             "socket_timeout": self.timeout,
             "socket_connect_timeout": self.timeout,
@@ -253,13 +317,14 @@ class RedisStore:
             "retry": Retry(NoBackoff(), 0),
         }
         try:
-            if options.cluster:
-                self._client = RedisCluster.from_url(options.url, **common)
+            if self.options.cluster:
+                self._client = RedisCluster.from_url(self._client_url, **common)
             else:
-                self._client = Redis.from_url(options.url, **common)
-        except (ValueError, redis_errors.RedisError) as e:
+                # pooled: the pool checks a connection is still alive before sending on it,
+                # so a server gone between calls gives StoreUnavailable, not OutcomeUnknown
+                self._client = Redis.from_url(self._client_url, **common)
+        except (ValueError, redis_errors.RedisError, redis_errors.RedisClusterException) as e:
             raise ValueError(f"bad redis URL {self.url}: {type(e).__name__}") from None
-        self._script = self._client.register_script(_APPEND)
         try:
             await self._call(self._client.ping(), sent=False)
             await self._check_server()
@@ -271,34 +336,46 @@ class RedisStore:
         self._queue = asyncio.Queue()
         self._writer = asyncio.create_task(self._write_loop())
 
+    def _target(self) -> dict[str, Any]:
+        """Where a keyless command about this ledger goes: the node serving its slot."""
+        if not self.options.cluster:
+            return {}
+        return {"target_nodes": self._client.get_node_from_key(self._keys["head"])}
+
     async def _check_server(self) -> None:
+        names = ("appendonly", "appendfsync", "save", "maxmemory-policy")
         try:
-            settings = await self._call(self._client.config_get("*"), sent=False)
+            settings = await self._call(self._config_get(names), sent=False)
         except StoreUnavailable:
             raise
-        except LedgerError:
+        except StoreError:  # CONFIG renamed away or forbidden by an ACL: a managed service
             settings = None
         if not settings:
             self.durability = "unknown: the server does not allow CONFIG; ask its operator"
             self.persistence = {}
         else:
-            self.persistence = {
-                k: str(settings.get(k, ""))
-                for k in ("appendonly", "appendfsync", "save", "maxmemory-policy")
-            }
+            self.persistence = {k: str(settings.get(k, "")) for k in names}
             aof = self.persistence["appendonly"] == "yes"
             fsync = self.persistence["appendfsync"]
             if aof and fsync == "always":
-                self.durability = "durable on this server: appendonly yes, appendfsync always"
+                self.durability = (
+                    "durable on this server: appendonly yes, appendfsync always "
+                    "(a failover to a replica can still lose acknowledged records)"
+                )
             elif aof:
                 self.durability = (
-                    f"not durable: appendfsync {fsync}; a crash of the Redis host can lose about "
-                    "the last second of acknowledged records"
+                    f"not durable: appendfsync {fsync}; a crash of the Redis host can lose "
+                    "about the last second of acknowledged records"
+                )
+            elif self.persistence["save"].strip():
+                self.durability = (
+                    "not durable: appendonly no; a crash or restart of Redis loses every "
+                    "record acknowledged since the last RDB snapshot"
                 )
             else:
                 self.durability = (
-                    "not durable: appendonly no; a crash of the Redis host loses every record "
-                    "since the last RDB snapshot"
+                    "not durable: appendonly no and no snapshots; a restart of Redis loses "
+                    "the whole ledger"
                 )
             policy = self.persistence["maxmemory-policy"]
             if policy != "noeviction" and not self.options.allow_eviction:
@@ -312,8 +389,12 @@ class RedisStore:
             )
         if not self.durability.startswith("durable"):
             self._log.warning("redis_not_durable", address=self.url, durability=self.durability)
-            if self.require_durable and not self.options.wait_replicas:
+            if self.require_durable:
                 raise IncompatibleStore(f"{self.url} is {self.durability} (require_durable)")
+
+    async def _config_get(self, names: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = await self._client.config_get(*names, **self._target())
+        return found
 
     async def _identify(self) -> None:
         meta = self._keys["meta"]
@@ -356,73 +437,100 @@ class RedisStore:
             if asyncio.iscoroutine(awaitable):
                 awaitable.close()
             raise LedgerClosed("the store is not open")
-        now = time.monotonic()
-        if now < self._open_until:
-            if asyncio.iscoroutine(awaitable):
-                awaitable.close()
-            raise StoreUnavailable(
-                f"{self.url} failed {self._failures} times in a row; not trying again for "
-                f"{self._open_until - now:.1f}s"
-            )
+        if self._failures >= _TRIP_AFTER:
+            now = time.monotonic()
+            if now < self._open_until:
+                if asyncio.iscoroutine(awaitable):
+                    awaitable.close()
+                raise StoreUnavailable(
+                    f"{self.url} failed {self._failures} times in a row; not trying again for "
+                    f"{self._open_until - now:.1f}s; nothing was written"
+                )
         try:
             async with asyncio.timeout(self.timeout):
                 result = await awaitable
-        except (
-            redis_errors.ConnectionError,
-            redis_errors.TimeoutError,
-            TimeoutError,
-            OSError,
-        ) as e:
+        except (redis_errors.RedisError, redis_errors.RedisClusterException, OSError) as e:
+            raise self._error(e, sent=sent) from None  # the driver's text may carry the URL
+        except TimeoutError:
+            raise self._error(TimeoutError("no answer in time"), sent=sent) from None
+        if self._failures:
+            if self._failures >= _TRIP_AFTER:
+                self._log.info("redis_recovered", address=self.url)
+            self._failures = 0
+        return result
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._password, "***") if self._password else text
+
+    def _error(self, e: BaseException, *, sent: bool) -> LedgerError:
+        """The ledger error for a driver error; trips the breaker on faults of the server."""
+        kind = type(e).__name__
+        message = self._scrub(str(e).splitlines()[0] if str(e) else kind)
+        if isinstance(e, redis_errors.BusyLoadingError):
             self._trip()
-            connecting = isinstance(e, redis_errors.ConnectionError) and "connecting" in str(e)
-            kind = type(e).__name__
+            return StoreUnavailable(f"{self.url} is loading its data; nothing was written")
+        if isinstance(e, redis_errors.ResponseError):
+            if isinstance(e, redis_errors.OutOfMemoryError) or message.startswith("OOM"):
+                return StoreUnavailable(
+                    f"{self.url} is out of memory (maxmemory) and refused the write; "
+                    "nothing was written"
+                )
+            if isinstance(e, redis_errors.ReadOnlyError):
+                return StoreUnavailable(f"{self.url} is a read-only replica; nothing was written")
+            if isinstance(e, redis_errors.NoPermissionError) or "unknown command" in message:
+                return StoreError(f"{self.url} refused the command: {message}")
+            return StoreUnavailable(f"{self.url} refused: {message}")
+        if isinstance(
+            e, redis_errors.ConnectionError | redis_errors.TimeoutError | TimeoutError | OSError
+        ):
+            self._trip()
+            connecting = "connecting" in message or isinstance(
+                e, redis_errors.AuthenticationError | redis_errors.MaxConnectionsError
+            )
             if connecting or not sent:
-                raise StoreUnavailable(
-                    f"{self.url} is unreachable ({kind}); nothing was written"
-                ) from None
-            raise OutcomeUnknown(
+                return StoreUnavailable(f"{self.url} is unreachable ({kind}); nothing was written")
+            return OutcomeUnknown(
                 f"{self.url} did not answer after the append was sent ({kind}); "
                 "retry with the same event_id"
-            ) from None
-        except redis_errors.NoScriptError:
-            raise
-        except redis_errors.ResponseError as e:
-            message = str(e)
-            if "OOM" in message:
-                raise StoreUnavailable(
-                    f"{self.url} is out of memory and refused the write"
-                ) from None
-            if "NOPERM" in message or "unknown command" in message:
-                raise LedgerError(f"{self.url} refused: {message}") from None
-            raise StoreUnavailable(f"{self.url} refused: {message}") from None
-        except redis_errors.RedisError as e:
-            self._trip()
-            raise StoreUnavailable(f"{self.url} failed ({type(e).__name__})") from None
-        self._failures = 0
-        return result
+            )
+        self._trip()
+        if sent:
+            return OutcomeUnknown(f"{self.url} failed ({kind}); retry with the same event_id")
+        return StoreUnavailable(f"{self.url} failed ({kind}); nothing was written")
 
     def _trip(self) -> None:
         self._failures += 1
+        self._script_loaded = False  # the server may come back without its script cache
         if self._failures >= _TRIP_AFTER:
             self._open_until = time.monotonic() + _COOL_DOWN
-            self._log.error("store_fault", store="redis", address=self.url, failures=self._failures)
+            if self._failures == _TRIP_AFTER:
+                self._log.error(
+                    "store_fault", store="redis", address=self.url, failures=self._failures
+                )
 
     # writes
 
     async def append(self, batch: Sequence[Proposal]) -> list[Record]:
         if self._queue is None or self._closing:
             raise LedgerClosed("the store is not open")
-        request = _Request(batch, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        request = _Request(batch, loop.create_future())
         self._queue.put_nowait(request)
+        timer = loop.call_later(self.timeout * 2, self._expire, request)
         try:
-            return await asyncio.wait_for(asyncio.shield(request.future), self.timeout * 2)
-        except TimeoutError:
-            if not request.sent:
-                request.future.cancel()
-                raise StoreUnavailable(f"{self.url}: the write did not start in time") from None
-            raise OutcomeUnknown(
-                f"{self.url}: no answer in time after the append was sent; retry with the same event_id"
-            ) from None
+            return await request.future
+        finally:
+            timer.cancel()
+
+    def _expire(self, request: _Request) -> None:
+        if request.sent:
+            error: LedgerError = OutcomeUnknown(
+                f"{self.url}: no answer in time after the append was sent; "
+                "retry with the same event_id"
+            )
+        else:
+            error = StoreUnavailable(f"{self.url}: the write did not start in time")
+        _settle(request.future, error)
 
     async def _write_loop(self) -> None:
         assert self._queue is not None
@@ -439,82 +547,78 @@ class RedisStore:
                 if live:
                     await self._commit_group(live)
             except Exception as e:  # never let the writer die with callers waiting
+                self._forget()
                 error = e if isinstance(e, LedgerError) else StoreUnavailable(f"{self.url}: {e!r}")
                 for request in live:
-                    if not request.future.done():
-                        request.future.set_exception(error)
+                    _settle(request.future, error)
             finally:
                 for _ in group:
                     self._queue.task_done()
 
+    def _forget(self) -> None:
+        self._head = None
+        self._streams.clear()
+
     async def _commit_group(self, group: list[_Request]) -> None:
         known: dict[str, Record] = {}
-        for _attempt in range(_RACE_RETRIES):
+        wanted = self.options.wait_replicas
+        deadline = time.monotonic() + self.timeout
+        losses = 0
+        while True:
             outcomes, stage, new = await self._stage(group, known)
-            if not new:
+            confirm = bool(wanted) and any(isinstance(o, list) for o in outcomes)
+            if not new and not confirm:
                 break
-            for request in group:
-                request.sent = True
+            for request, outcome in zip(group, outcomes, strict=True):
+                if isinstance(outcome, list):
+                    request.sent = True
             try:
-                await self._send(new)
+                replicas = await self._send(new, confirm=confirm)
             except _Lost as lost:
+                losses += 1
+                if time.monotonic() > deadline:
+                    error = StoreUnavailable(
+                        f"{self.url}: lost the race for the head {losses} times in "
+                        f"{self.timeout}s; nothing was written"
+                    )
+                    for request in group:
+                        _settle(request.future, error)
+                    return
                 await self._learn(lost, known)
+                if losses >= _BACKOFF_AFTER:
+                    await asyncio.sleep(random.uniform(0, min(0.002 * losses, 0.02)))
                 continue
             except LedgerError as e:
-                self._head = None
-                self._streams.clear()
+                self._forget()
                 for request in group:
-                    if not request.future.done():
-                        request.future.set_exception(e)
+                    _settle(request.future, e)
                 return
-            self._head = stage.head
-            for stream_id, entry in stage.streams.items():
-                self._remember(stream_id, entry)
-            self.failpoints.hit("after_commit")
-            if self.options.wait_replicas:
-                await self._wait_replicas(group)
+            if new:
+                self._head = stage.head
+                for stream_id, entry in stage.streams.items():
+                    self._remember(stream_id, entry)
+                self.failpoints.hit("after_commit")
+            if confirm and replicas < wanted:
+                unconfirmed = OutcomeUnknown(
+                    f"{self.url}: the primary has it but only {replicas} of {wanted} replica(s) "
+                    "confirmed in time; retry with the same event_id"
+                )
+                outcomes = [unconfirmed if isinstance(o, list) else o for o in outcomes]
             break
-        else:
-            for request in group:
-                if not request.future.done():
-                    request.future.set_exception(
-                        StoreUnavailable(
-                            f"{self.url}: lost the race for the head {_RACE_RETRIES} times"
-                        )
-                    )
-            return
         for request, outcome in zip(group, outcomes, strict=True):
-            if request.future.done():
-                continue
-            if isinstance(outcome, BaseException):
-                request.future.set_exception(outcome)
-            else:
-                request.future.set_result(outcome)
+            _settle(request.future, outcome)
 
     async def _learn(self, lost: _Lost, known: dict[str, Record]) -> None:
         """Bring the caches up to what the script found, before staging again."""
-        kind, detail = lost.args
-        self._log.debug("redis_race", kind=kind, detail=detail)
-        if kind == "HEAD":
-            self._head = None
-        elif kind == "DUP":
-            found = await self.find(detail)
-            if found is not None:
-                known[found.event_id] = found
-        else:
-            self._streams.pop(detail, None)
-
-    async def _wait_replicas(self, group: list[_Request]) -> None:
-        wanted = self.options.wait_replicas
-        got = await self._call(self._client.wait(wanted, int(self.timeout * 1000)), sent=True)
-        if got < wanted:
-            error = OutcomeUnknown(
-                f"{self.url}: written on the primary but only {got} of {wanted} replicas confirmed; "
-                "retry with the same event_id"
-            )
-            for request in group:
-                if not request.future.done():
-                    request.future.set_exception(error)
+        self._log.debug("redis_race", head=lost.head.position, ids=lost.ids, streams=lost.streams)
+        self._head = lost.head
+        if lost.ids:
+            ids = self._keys["ids"]
+            positions = await self._call(self._client.hmget(ids, lost.ids), sent=False)
+            for record in await self._records_at([int(p) for p in positions if p is not None]):
+                known[record.event_id] = record
+        for stream_id in lost.streams:
+            self._streams[stream_id] = await self._load_stream(stream_id)
 
     async def _stage(
         self, group: list[_Request], known: dict[str, Record]
@@ -600,30 +704,78 @@ class RedisStore:
             outcomes.append(records)
         return outcomes
 
-    async def _send(self, new: list[Record]) -> None:
-        first = new[0]
-        keys = [self._keys[k] for k in ("head", "ids", "versions", "types", "log")]
-        keys += [self._prefix + "s:" + r.stream_id for r in new]
-        args: list[Any] = [first.position - 1, first.prev_hash, len(new)]
-        for r in new:
-            args += [
-                r.position,
-                r.stream_id,
-                r.version,
-                r.event_id,
-                r.type,
-                r.schema_version,
-                timestamp(r.occurred_at),
-                timestamp(r.recorded_at),
-                r.data,
-                r.metadata,
-                r.prev_hash,
-                r.hash,
-            ]
-        self.failpoints.hit("before_commit")
-        answer = await self._call(self._script(keys=keys, args=args), sent=True)
-        if answer[0] != "OK":
-            raise _Lost(answer[0], answer[1])
+    async def _send(self, new: list[Record], *, confirm: bool) -> int:
+        """Run the script on ``new`` (and ``WAIT`` with ``confirm``); the replicas that confirmed."""
+        keys: list[str] = []
+        args: list[Any] = []
+        if new:
+            prefix = self._prefix + "s:"
+            keys = [self._keys[k] for k in ("head", "ids", "versions", "types", "log")]
+            keys += [prefix + r.stream_id for r in new]
+            args = [new[0].position - 1, new[0].prev_hash, len(new)]
+            stamps: dict[dt.datetime, str] = {}
+            for r in new:
+                recorded = stamps.get(r.recorded_at)
+                if recorded is None:
+                    recorded = stamps[r.recorded_at] = timestamp(r.recorded_at)
+                args += (
+                    r.position,
+                    r.stream_id,
+                    r.version,
+                    r.event_id,
+                    r.type,
+                    r.schema_version,
+                    timestamp(r.occurred_at),
+                    recorded,
+                    r.data,
+                    r.metadata,
+                    r.prev_hash,
+                    r.hash,
+                )
+            self.failpoints.hit("before_commit")
+        if confirm:
+            answer, replicas = await self._call(self._eval_and_wait(keys, args), sent=True)
+        else:
+            answer, replicas = await self._call(self._eval(keys, args), sent=True), 0
+        if answer is not None and answer[0] != "OK":
+            raise _Lost(answer)
+        return replicas
+
+    async def _eval(self, keys: list[str], args: list[Any]) -> Any:
+        client = self._client
+        try:
+            return await client.evalsha(_SHA, len(keys), *keys, *args)
+        except redis_errors.NoScriptError:  # nothing ran: load the script and run it
+            await client.script_load(_APPEND)
+            return await client.evalsha(_SHA, len(keys), *keys, *args)
+
+    async def _eval_and_wait(self, keys: list[str], args: list[Any]) -> tuple[Any, int]:
+        """The script and ``WAIT`` on one connection: WAIT counts the writes made on it.
+
+        With nothing new (every event a retry), a small write of its own lets
+        ``WAIT`` cover what is already in the log.
+        """
+        if not self._script_loaded:
+            await self._client.script_load(_APPEND)
+            self._script_loaded = True
+        for _attempt in range(2):
+            pipe = self._client.pipeline(transaction=False)
+            if keys:
+                pipe.evalsha(_SHA, len(keys), *keys, *args)
+            else:
+                pipe.hincrby(self._keys["meta"], "wait_probes", 1)
+            pipe.execute_command(
+                "WAIT", self.options.wait_replicas, self._wait_ms, **self._target()
+            )
+            first, replicas = await pipe.execute(raise_on_error=False)
+            if isinstance(first, redis_errors.NoScriptError):
+                await self._client.script_load(_APPEND)
+                continue
+            for answer in (first, replicas):
+                if isinstance(answer, Exception):
+                    raise answer
+            return (first if keys else None), int(replicas)
+        raise StoreUnavailable(f"{self.url} keeps losing the append script; nothing was written")
 
     def _remember(self, stream_id: str, entry: tuple[int, StreamState]) -> None:
         self._streams[stream_id] = entry
@@ -739,16 +891,34 @@ class RedisStore:
         return str(await self._call(self._client.hget(self._keys["meta"], "ledger_id"), sent=False))
 
     async def describe(self) -> dict[str, Any]:
-        """Facts for ``info``: durability, persistence settings, memory used by the ledger."""
-        memory = 0
-        keys = [key async for key in self._client.scan_iter(match=self._prefix + "*", count=1000)]
-        for key in keys:
-            used = await self._call(self._client.memory_usage(key, samples=0), sent=False)
-            memory += int(used or 0)
+        """Facts for ``info``: durability, persistence settings, memory the ledger uses in Redis.
+
+        The per-stream lists are measured one by one up to 1,000 streams and
+        estimated from a sample of 1,000 beyond that.
+        """
+        client = self._client
+        versions = self._keys["versions"]
+        streams = int(await self._call(client.hlen(versions), sent=False))
+        if streams <= _MEMORY_SAMPLE:
+            names = await self._call(client.hkeys(versions), sent=False)
+        else:
+            names = await self._call(client.hrandfield(versions, _MEMORY_SAMPLE), sent=False)
+        keys = [self._keys[k] for k in _FIXED_KEYS]
+        pipe = client.pipeline(transaction=False)
+        for key in [*keys, *(self._prefix + "s:" + name for name in names)]:
+            pipe.memory_usage(key, samples=0)
+        used = [int(u or 0) for u in await self._call(pipe.execute(), sent=False)]
+        fixed, lists = sum(used[: len(keys)]), sum(used[len(keys) :])
+        if names and streams > len(names):
+            lists = round(lists * streams / len(names))
         return {
+            "address": self.url,
+            "cluster": self.options.cluster,
+            "durability": self.durability,
             "persistence": self.persistence,
-            "ledger_keys": len(keys),
-            "ledger_memory_bytes": memory,
-            "read_model": self.options.views,
             "wait_replicas": self.options.wait_replicas,
+            "ledger_keys": sum(1 for u in used[: len(keys)] if u) + streams,
+            "ledger_memory_bytes": fixed + lists,
+            "ledger_memory_exact": streams <= _MEMORY_SAMPLE,
+            "read_model": self.options.views,
         }

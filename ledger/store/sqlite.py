@@ -266,11 +266,32 @@ class _Writer:
                         break
             if not group:  # every queued caller gave up before its turn
                 continue
-            if group[0].work is not None:
-                self.run_work(group[0])
-            else:
-                self.commit_group(group)
+            try:
+                if group[0].work is not None:
+                    self.run_work(group[0])
+                else:
+                    self.commit_group(group)
+            except Exception as e:  # never let the writer die with callers waiting
+                self.unexpected(group, e)
         self.conn.close()
+
+    def unexpected(self, group: list[_Request], cause: Exception) -> None:
+        """Answer a group that failed in a way the writer did not foresee, and carry on."""
+        open_transaction = self.conn.in_transaction
+        self.rollback()
+        self.head = Head(-1, GENESIS, None)  # unknown: reload before the next write
+        self.data_version = -1
+        error: LedgerError
+        if open_transaction:
+            error = StoreUnavailable(
+                f"write to {self.store.path} failed and was rolled back: {cause}"
+            )
+        else:
+            error = OutcomeUnknown(
+                f"write to {self.store.path} failed after its commit ({cause}); "
+                "retry with the same event_id"
+            )
+        self.fail(group, error, cause)
 
     def begin(self, group: list[_Request]) -> list[_Request] | None:
         try:
@@ -366,10 +387,10 @@ class _Writer:
                 )
             self.fail(live, error, e)
             return
-        failpoints.hit("after_commit")
         self.head = stage.head
         for stream_id, entry in stage.streams.items():
             self.remember(stream_id, entry)
+        failpoints.hit("after_commit")
         self.log.debug(
             "append_group",
             requests=len(live),
@@ -651,19 +672,32 @@ class SqliteStore:
             raise StoreUnavailable(f"{self.path}: read failed: {e}") from e
 
     async def read(self, start: int = 1, stop: int | None = None) -> AsyncIterator[Record]:
-        """Every record from ``start`` (to ``stop``, inclusive), a page at a time."""
+        """Every record from ``start`` (to ``stop``, inclusive), a page at a time.
+
+        The next page is read while the caller works through this one.
+        """
         position = max(start, 1)
         last = stop if stop is not None else 2**62
-        while position <= last:
-            rows = await self._fetch(
-                f"{_SELECT} WHERE position >= ? AND position <= ? ORDER BY position LIMIT ?",
-                (position, last, _PAGE),
-            )
-            for row in rows:
-                yield _record(row)
-            if len(rows) < _PAGE:
-                return
-            position = rows[-1][0] + 1
+        sql = f"{_SELECT} WHERE position >= ? AND position <= ? ORDER BY position LIMIT ?"
+        if position > last:
+            return
+        ahead: asyncio.Future[list[Any]] | None = asyncio.ensure_future(
+            self._fetch(sql, (position, last, _PAGE))
+        )
+        try:
+            while ahead is not None:
+                rows = await ahead
+                if len(rows) == _PAGE and rows[-1][0] < last:
+                    ahead = asyncio.ensure_future(self._fetch(sql, (rows[-1][0] + 1, last, _PAGE)))
+                else:
+                    ahead = None
+                for row in rows:
+                    yield _record(row)
+        finally:
+            if ahead is not None and not ahead.done():
+                ahead.cancel()
+                with contextlib.suppress(asyncio.CancelledError, LedgerError):
+                    await ahead
 
     async def read_stream(self, stream_id: str) -> list[Record]:
         rows = await self._fetch(f"{_SELECT} WHERE stream_id = ? ORDER BY version", (stream_id,))
