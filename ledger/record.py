@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
 from typing import Any
 
 import msgspec
@@ -31,14 +30,19 @@ class Record(msgspec.Struct, frozen=True, dict=True):
     prev_hash: str
     hash: str
 
-    @functools.cached_property
+    @property
     def event(self) -> Event:
-        """The event, decoded from ``data`` with ``metadata`` attached."""
-        from ledger.codec import decode_event
+        """The event, decoded from ``data`` with ``metadata`` attached (once)."""
+        # a plain dict cache: functools.cached_property takes a lock on Python 3.11
+        found: Event | None = self.__dict__.get("_event")
+        if found is None:
+            from ledger.codec import decode_event
 
-        return decode_event(self.type, self.schema_version, self.data, self.metadata)
+            found = decode_event(self.type, self.schema_version, self.data, self.metadata)
+            self.__dict__["_event"] = found
+        return found
 
-    @functools.cached_property
+    @property
     def meta(self) -> dict[str, Any]:
         """The record's metadata as a dict."""
         from ledger.codec import decode_metadata

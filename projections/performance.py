@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -22,7 +22,7 @@ import msgspec
 
 from ledger.chain import timestamp
 from ledger.projection import Step, TableProjection
-from ledger.trade import CONTEXT, TradeState
+from ledger.trade import CONTEXT, RATIO, TradeState
 from projections.grouping import ALL, check_group, keys
 
 _ZERO = Decimal(0)
@@ -102,16 +102,16 @@ class _Stats(msgspec.Struct, kw_only=True):
 
 def _path_step(stats: _Stats, start: Decimal, net: Decimal, cumulative: Decimal) -> None:
     """Advance the equity path by one close whose cumulative net is ``cumulative``."""
-    equity = start + cumulative
+    equity = CONTEXT.add(start, cumulative)
     if stats.peak is None:
         stats.peak = start  # the peak is seeded at the starting equity
     if equity > stats.peak:
         stats.peak = equity
-    drawdown = stats.peak - equity
+    drawdown = CONTEXT.subtract(stats.peak, equity)
     if drawdown > stats.max_drawdown:
         stats.max_drawdown = drawdown
     if start > 0 and stats.peak > 0:
-        fraction = drawdown / stats.peak
+        fraction = RATIO.divide(drawdown, stats.peak)
         if stats.max_drawdown_pct is None or fraction > stats.max_drawdown_pct:
             stats.max_drawdown_pct = fraction
     if net < 0:
@@ -184,11 +184,6 @@ class Performance(TableProjection):
         ):
             self._stats[(currency, kind, value)] = decoder.decode(state)
 
-    def discard(self) -> None:
-        self._closes.clear()
-        self._days.clear()
-        self._dirty.clear()
-
     def apply(self, step: Step) -> None:
         trade = step.after
         if trade is None or trade.closed_at is None:
@@ -216,78 +211,93 @@ class Performance(TableProjection):
                 str(net),
             )
         )
-        with decimal.localcontext(CONTEXT):
-            for kind, value in groups:
-                key = (trade.currency, kind, value)
-                stats = self._stats.get(key)
-                if stats is None:
-                    stats = self._stats[key] = _Stats(
-                        currency=trade.currency, kind=kind, value=value
-                    )
-                stats.trades += 1
-                stats.wins += win
-                stats.losses += loss
-                stats.breakevens += 1 - win - loss
-                stats.net += net
-                if win:
-                    stats.gross_profit += net
-                    if stats.largest_win is None or net > stats.largest_win:
-                        stats.largest_win = net
-                if loss:
-                    stats.gross_loss += net
-                    if stats.largest_loss is None or net < stats.largest_loss:
-                        stats.largest_loss = net
-                if r is not None:
-                    stats.r_count += 1
-                    stats.r_sum += r
-                    stats.r_squares += r * r
-                stats.holding_seconds += holding
-                if (closed_at, position) >= (
-                    stats.last_close,
-                    stats.last_position,
-                ) and not stats.reorder:
-                    _path_step(stats, self.starting_equity, net, stats.net)
-                    stats.last_close, stats.last_position = closed_at, position
-                else:
-                    stats.reorder = True
-                self._dirty.add(key)
-                bucket = self._days.get((trade.currency, kind, value, day))
-                if bucket is None:
-                    bucket = self._days[(trade.currency, kind, value, day)] = [0, 0, 0, _ZERO]
-                bucket[0] += 1
-                bucket[1] += win
-                bucket[2] += loss
-                bucket[3] += net
+        add = CONTEXT.add
+        r_square = CONTEXT.multiply(r, r) if r is not None else _ZERO
+        currency, start = trade.currency, self.starting_equity
+        for kind, value in groups:
+            key = (currency, kind, value)
+            stats = self._stats.get(key)
+            if stats is None:
+                stats = self._stats[key] = _Stats(currency=currency, kind=kind, value=value)
+            stats.trades += 1
+            stats.wins += win
+            stats.losses += loss
+            stats.breakevens += 1 - win - loss
+            stats.net = add(stats.net, net)
+            if win:
+                stats.gross_profit = add(stats.gross_profit, net)
+                if stats.largest_win is None or net > stats.largest_win:
+                    stats.largest_win = net
+            elif loss:
+                stats.gross_loss = add(stats.gross_loss, net)
+                if stats.largest_loss is None or net < stats.largest_loss:
+                    stats.largest_loss = net
+            if r is not None:
+                stats.r_count += 1
+                stats.r_sum = add(stats.r_sum, r)
+                stats.r_squares = add(stats.r_squares, r_square)
+            stats.holding_seconds = add(stats.holding_seconds, holding)
+            if not stats.reorder and (closed_at, position) >= (
+                stats.last_close,
+                stats.last_position,
+            ):
+                _path_step(stats, start, net, stats.net)
+                stats.last_close, stats.last_position = closed_at, position
+            else:
+                stats.reorder = True
+            self._dirty.add(key)
+            bucket = self._days.get((currency, kind, value, day))
+            if bucket is None:
+                bucket = self._days[(currency, kind, value, day)] = [0, 0, 0, _ZERO]
+            bucket[0] += 1
+            bucket[1] += win
+            bucket[2] += loss
+            bucket[3] = add(bucket[3], net)
 
-    def flush(self, conn: sqlite3.Connection) -> None:
-        conn.executemany(
-            "INSERT OR REPLACE INTO performance_closes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            self._closes,
-        )
-        with decimal.localcontext(CONTEXT):
-            for (currency, kind, value, day), (trades, wins, losses, net) in self._days.items():
-                row = conn.execute(
-                    "SELECT trades, wins, losses, net FROM performance_daily "
-                    "WHERE currency = ? AND kind = ? AND value = ? AND day = ?",
-                    (currency, kind, value, day),
-                ).fetchone()
-                if row is not None:
-                    trades, wins, losses = trades + row[0], wins + row[1], losses + row[2]
-                    net = net + Decimal(row[3])
-                conn.execute(
-                    "INSERT OR REPLACE INTO performance_daily VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (currency, kind, value, day, trades, wins, losses, str(net)),
-                )
+    @property
+    def settled(self) -> bool:
+        # recomputing a reordered equity path reads the closes table and changes
+        # the in-memory stats: apply must wait for that write
+        return not any(self._stats[key].reorder for key in self._dirty)
+
+    def take(self) -> Callable[[sqlite3.Connection], None]:
+        closes, self._closes = self._closes, []
+        days, self._days = self._days, {}
+        dirty, self._dirty = self._dirty, set()
         encoder = msgspec.msgpack.Encoder()
-        for key in self._dirty:
-            stats = self._stats[key]
-            if stats.reorder:
-                self._replay_path(conn, stats)
-            conn.execute(
-                "INSERT OR REPLACE INTO performance_stats VALUES (?, ?, ?, ?)",
-                (*key, encoder.encode(stats)),
+        reordered = [self._stats[key] for key in dirty if self._stats[key].reorder]
+        ready = [
+            (*key, encoder.encode(self._stats[key]))
+            for key in dirty
+            if not self._stats[key].reorder
+        ]
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT OR REPLACE INTO performance_closes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                closes,
             )
-        self.discard()
+            with decimal.localcontext(CONTEXT):
+                for (currency, kind, value, day), (trades, wins, losses, net) in days.items():
+                    row = conn.execute(
+                        "SELECT trades, wins, losses, net FROM performance_daily "
+                        "WHERE currency = ? AND kind = ? AND value = ? AND day = ?",
+                        (currency, kind, value, day),
+                    ).fetchone()
+                    if row is not None:
+                        trades, wins, losses = trades + row[0], wins + row[1], losses + row[2]
+                        net = net + Decimal(row[3])
+                    conn.execute(
+                        "INSERT OR REPLACE INTO performance_daily VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (currency, kind, value, day, trades, wins, losses, str(net)),
+                    )
+            rows = list(ready)
+            for stats in reordered:
+                self._replay_path(conn, stats)
+                rows.append((stats.currency, stats.kind, stats.value, encoder.encode(stats)))
+            conn.executemany("INSERT OR REPLACE INTO performance_stats VALUES (?, ?, ?, ?)", rows)
+
+        return write
 
     def _replay_path(self, conn: sqlite3.Connection, stats: _Stats) -> None:
         """Recompute a group's equity path from its closes in close-time order."""
