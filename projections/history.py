@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -218,13 +219,14 @@ class TradeHistory(TableProjection):
             return
         self._rows.append(_row(trade, step.record.position))
 
-    def flush(self, conn: sqlite3.Connection) -> None:
-        marks = ", ".join("?" * len(_COLUMNS))
-        conn.executemany(f"INSERT OR REPLACE INTO trade_history VALUES ({marks})", self._rows)
-        self._rows.clear()
+    def take(self) -> Callable[[sqlite3.Connection], None]:
+        rows, self._rows = self._rows, []
 
-    def discard(self) -> None:
-        self._rows.clear()
+        def write(conn: sqlite3.Connection) -> None:
+            marks = ", ".join("?" * len(_COLUMNS))
+            conn.executemany(f"INSERT OR REPLACE INTO trade_history VALUES ({marks})", rows)
+
+        return write
 
     async def trades(
         self,

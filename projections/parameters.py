@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -77,15 +78,14 @@ class Parameters(TableProjection):
                 )
             )
 
-    def flush(self, conn: sqlite3.Connection) -> None:
-        conn.executemany(
-            f"INSERT OR REPLACE INTO parameter_changes VALUES ({', '.join('?' * len(_COLUMNS))})",
-            self._rows,
-        )
-        self._rows.clear()
+    def take(self) -> Callable[[sqlite3.Connection], None]:
+        rows, self._rows = self._rows, []
 
-    def discard(self) -> None:
-        self._rows.clear()
+        def write(conn: sqlite3.Connection) -> None:
+            marks = ", ".join("?" * len(_COLUMNS))
+            conn.executemany(f"INSERT OR REPLACE INTO parameter_changes VALUES ({marks})", rows)
+
+        return write
 
     async def changes(
         self,

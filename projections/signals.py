@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -112,18 +113,18 @@ class Signals(TableProjection):
         elif isinstance(event, TradeOpened) and event.signal_id is not None:
             self._links.append((event.trade_id, event.signal_id))
 
-    def flush(self, conn: sqlite3.Connection) -> None:
-        conn.executemany(
-            f"INSERT OR REPLACE INTO signals VALUES ({', '.join('?' * len(_COLUMNS))})", self._rows
-        )
-        conn.executemany(
-            "UPDATE signals SET trade_id = ? WHERE signal_id = ? AND trade_id IS NULL", self._links
-        )
-        self.discard()
+    def take(self) -> Callable[[sqlite3.Connection], None]:
+        rows, self._rows = self._rows, []
+        links, self._links = self._links, []
 
-    def discard(self) -> None:
-        self._rows.clear()
-        self._links.clear()
+        def write(conn: sqlite3.Connection) -> None:
+            marks = ", ".join("?" * len(_COLUMNS))
+            conn.executemany(f"INSERT OR REPLACE INTO signals VALUES ({marks})", rows)
+            conn.executemany(
+                "UPDATE signals SET trade_id = ? WHERE signal_id = ? AND trade_id IS NULL", links
+            )
+
+        return write
 
     async def signals(
         self,
