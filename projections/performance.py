@@ -146,7 +146,7 @@ class Performance(TableProjection):
         self._stats: dict[tuple[str, str, str], _Stats] = {}
         self._dirty: set[tuple[str, str, str]] = set()
         self._closes: list[tuple[Any, ...]] = []
-        self._days: dict[tuple[str, str, str, str], list[Any]] = {}
+        self._days: set[tuple[str, str, str, str]] = set()
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -246,13 +246,7 @@ class Performance(TableProjection):
             else:
                 stats.reorder = True
             self._dirty.add(key)
-            bucket = self._days.get((currency, kind, value, day))
-            if bucket is None:
-                bucket = self._days[(currency, kind, value, day)] = [0, 0, 0, _ZERO]
-            bucket[0] += 1
-            bucket[1] += win
-            bucket[2] += loss
-            bucket[3] = add(bucket[3], net)
+            self._days.add((currency, kind, value, day))
 
     @property
     def settled(self) -> bool:
@@ -262,7 +256,7 @@ class Performance(TableProjection):
 
     def take(self) -> Callable[[sqlite3.Connection], None]:
         closes, self._closes = self._closes, []
-        days, self._days = self._days, {}
+        days, self._days = self._days, set()
         dirty, self._dirty = self._dirty, set()
         encoder = msgspec.msgpack.Encoder()
         reordered = [self._stats[key] for key in dirty if self._stats[key].reorder]
@@ -277,20 +271,33 @@ class Performance(TableProjection):
                 "INSERT OR REPLACE INTO performance_closes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 closes,
             )
-            with decimal.localcontext(CONTEXT):
-                for (currency, kind, value, day), (trades, wins, losses, net) in days.items():
-                    row = conn.execute(
-                        "SELECT trades, wins, losses, net FROM performance_daily "
-                        "WHERE currency = ? AND kind = ? AND value = ? AND day = ?",
-                        (currency, kind, value, day),
-                    ).fetchone()
-                    if row is not None:
-                        trades, wins, losses = trades + row[0], wins + row[1], losses + row[2]
-                        net = net + Decimal(row[3])
-                    conn.execute(
-                        "INSERT OR REPLACE INTO performance_daily VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (currency, kind, value, day, trades, wins, losses, str(net)),
-                    )
+            # A day's row is recomputed from its closes, never incremented: the closes
+            # are keyed by position, so a flush repeated by another process that
+            # follows the same file writes the same rows instead of counting twice.
+            for currency, kind, value, day in days:
+                following = (dt.date.fromisoformat(day) + dt.timedelta(days=1)).isoformat()
+                sql = (
+                    "SELECT net FROM performance_closes "
+                    "WHERE currency = ? AND closed_at >= ? AND closed_at < ?"
+                )
+                params: list[Any] = [currency, day, following]
+                if kind != ALL:
+                    sql += f" AND {kind} = ?"  # kind is one of GROUPS, never user text
+                    params.append(value)
+                nets = [Decimal(net) for (net,) in conn.execute(sql, params)]
+                conn.execute(
+                    "INSERT OR REPLACE INTO performance_daily VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        currency,
+                        kind,
+                        value,
+                        day,
+                        len(nets),
+                        sum(1 for n in nets if n > 0),
+                        sum(1 for n in nets if n < 0),
+                        str(_exact_sum(nets)),
+                    ),
+                )
             rows = list(ready)
             for stats in reordered:
                 self._replay_path(conn, stats)
@@ -417,6 +424,13 @@ class Performance(TableProjection):
                 longest_losing_streak=s.longest_losing_streak,
                 average_holding_seconds=s.holding_seconds / s.trades if s.trades else None,
             )
+
+
+def _exact_sum(values: Iterable[Decimal]) -> Decimal:
+    total = _ZERO
+    for value in values:
+        total = CONTEXT.add(total, value)
+    return total
 
 
 def _calendar(found: Iterable[str]) -> list[dt.date]:

@@ -119,7 +119,9 @@ class Signals(TableProjection):
 
         def write(conn: sqlite3.Connection) -> None:
             marks = ", ".join("?" * len(_COLUMNS))
-            conn.executemany(f"INSERT OR REPLACE INTO signals VALUES ({marks})", rows)
+            # a signal's row never changes but for its link: a process that follows the
+            # same file and writes it again must not undo another's link
+            conn.executemany(f"INSERT OR IGNORE INTO signals VALUES ({marks})", rows)
             conn.executemany(
                 "UPDATE signals SET trade_id = ? WHERE signal_id = ? AND trade_id IS NULL", links
             )

@@ -10,12 +10,13 @@ as the exact canonical JSON text that was hashed.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from decimal import Decimal
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import msgspec
 
@@ -105,11 +106,14 @@ def record_row(record: Record) -> dict[str, Any]:
     }
 
 
-async def select(store: EventStore, where: ExportFilter) -> AsyncIterator[Record]:
+async def select(store: EventStore, where: ExportFilter) -> AsyncGenerator[Record, None]:
     """The records ``where`` admits, in log order, read a page at a time."""
-    async for record in store.read(where.start or 1, where.stop):
-        if where.admits(record):
-            yield record
+    # stores' reads are async generators; closing one stops its read-ahead
+    reading = cast(AsyncGenerator[Record, None], store.read(where.start or 1, where.stop))
+    async with contextlib.aclosing(reading) as records:
+        async for record in records:
+            if where.admits(record):
+                yield record
 
 
 async def export(
