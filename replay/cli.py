@@ -91,10 +91,24 @@ def _configure_logging(verbose: int) -> None:
         if sys.stderr.isatty()
         else structlog.processors.JSONRenderer()
     )
+    import re  # here, not at the top: this function and _run are the guarantees' part of the CLI
+    from collections.abc import Mapping, MutableMapping
+
+    credentials = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
+
+    def scrub(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
+        # No password in a log line, and nothing a terminal would obey.
+        for key, value in event.items():
+            if isinstance(value, str):
+                event[key] = _safe(credentials.sub(r"\1***@", value))
+        return event
+
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            scrub,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
@@ -104,25 +118,45 @@ def _configure_logging(verbose: int) -> None:
 
 
 def _run(coro: Awaitable[T]) -> T:
+    """Run a command's coroutine; every failure becomes one line on stderr and an exit code.
+
+    1 when the ledger refuses or a store fails, 2 for usage errors, 130 on ^C;
+    never a traceback (``-vv`` logs one for an unexpected error). Messages
+    never carry a URL's password or a control character.
+    """
+
+    import re
+    from typing import NoReturn
+
     async def main() -> T:
         return await coro
+
+    def fail(message: str, code: int) -> NoReturn:
+        text = re.sub(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@", r"\1***@", message)
+        click.echo(_safe(text), err=True)
+        sys.exit(code)
 
     try:
         return asyncio.run(main())
     except Refused as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(1)
+        fail(f"error: {e}", 1)
     except LedgerError as e:
-        click.echo(f"error: {type(e).__name__}: {e}", err=True)
-        sys.exit(1)
+        fail(f"error: {type(e).__name__}: {e}", 1)
     except ValueError as e:
-        click.echo(f"usage error: {e}", err=True)
-        sys.exit(2)
-    except OSError as e:
-        click.echo(f"error: {e.strerror or e}: {getattr(e, 'filename', '') or ''}", err=True)
+        fail(f"usage error: {e}", 2)
+    except BrokenPipeError:
+        # the reader went away (`| head`): nothing more to say, and no one to say it to
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+    except OSError as e:
+        fail(f"error: {e.strerror or e}: {getattr(e, 'filename', '') or ''}", 1)
     except KeyboardInterrupt:
         sys.exit(130)
+    except (click.ClickException, click.exceptions.Exit, click.Abort):
+        raise  # click prints these itself, with its own exit codes
+    except Exception as e:
+        structlog.get_logger("tradeledger").debug("unexpected_error", exc_info=True)
+        fail(f"error: unexpected {type(e).__name__}: {e} (run with -vv for details)", 1)
 
 
 def _safe(value: object) -> str:
@@ -1018,11 +1052,12 @@ def events(
                 )
             where = msgspec.structs.replace(where, stop=stop)
             found: list[Record] = []
-            if stop != 0:
-                async for record in select(book.store, where):
-                    found.append(record)
-                    if len(found) >= limit:
-                        break
+            if stop != 0 and limit:
+                async with contextlib.aclosing(select(book.store, where)) as chosen:
+                    async for record in chosen:
+                        found.append(record)
+                        if len(found) >= limit:
+                            break
         if as_json:
             for record in found:
                 click.echo(_encode(record_row(record)).decode())
@@ -1373,6 +1408,10 @@ def info(url: str, as_json: bool) -> None:
 
     _run(go())
 
+
+from replay.http import serve  # noqa: E402 - last: the command imports no server until it runs
+
+main.add_command(serve)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
