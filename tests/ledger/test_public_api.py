@@ -12,6 +12,7 @@ PUBLIC = [
     "FundingApplied",
     "IdempotencyConflict",
     "IncompatibleStore",
+    "IntegrityError",
     "InvalidEvent",
     "Ledger",
     "LedgerClosed",
