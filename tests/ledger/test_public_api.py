@@ -60,7 +60,7 @@ def test_every_error_derives_from_ledger_error() -> None:
         if isinstance(getattr(ledger, name), type)
         and issubclass(getattr(ledger, name), BaseException)
     ]
-    assert len(errors) == 10
+    assert len(errors) == 11
     assert all(issubclass(error, ledger.LedgerError) for error in errors)
     assert issubclass(ledger.StoreUnavailable, ledger.StoreError)
     assert issubclass(ledger.OutcomeUnknown, ledger.StoreError)
