@@ -227,8 +227,14 @@ class Ledger:
                 field="expected_version",
                 rule="schema",
             )
-        event_id = item.event_id or natural_event_id(event) or str(uuid.uuid4())
-        if not isinstance(event_id, str) or len(event_id) > 128 or not event_id.isprintable():
+        event_id = item.event_id
+        if event_id is None:
+            event_id = natural_event_id(event) or str(uuid.uuid4())
+        if (
+            not isinstance(event_id, str)
+            or not 1 <= len(event_id) <= 128
+            or not event_id.isprintable()
+        ):
             raise InvalidEvent(
                 "event_id must be 1..128 printable characters", field="event_id", rule="schema"
             )

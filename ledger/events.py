@@ -315,6 +315,11 @@ _TEXTS: dict[type[Event], tuple[str, ...]] = {
     cls: tuple(n for n, k in kinds.items() if k in (_ID, _TEXT))
     for cls, kinds in _FIELD_KINDS.items()
 }
+# Every field that may hold text: a lone surrogate cannot be stored as UTF-8.
+_STRINGS: dict[type[Event], tuple[str, ...]] = {
+    cls: tuple(f.name for f in msgspec.structs.fields(cls) if f.name != "metadata")
+    for cls in _FIELD_KINDS
+}
 _DEFAULTS: dict[type[Event], list[msgspec.structs.FieldInfo]] = {
     cls: [
         f
@@ -358,6 +363,12 @@ def validate(event: object, *, now: dt.datetime | None = None) -> Event:
                 field=name,
                 rule="decimal",
             )
+    for name in texts:
+        value = getattr(event, name)
+        if value is not None and not isinstance(value, str):
+            raise InvalidEvent(
+                f"{name} must be a string, got {type(value).__name__}", field=name, rule="schema"
+            )
     if not isinstance(event.occurred_at, dt.datetime):
         raise InvalidEvent("occurred_at must be a datetime", field="occurred_at", rule="schema")
     if event.metadata:
@@ -376,10 +387,10 @@ def validate(event: object, *, now: dt.datetime | None = None) -> Event:
                 changes[name] = fixed
     for name in texts:
         value = getattr(event, name)
-        if value is not None and not value.isprintable():
-            raise InvalidEvent(
-                f"{name} contains non-printable characters", field=name, rule="printable"
-            )
+        if value is not None and (not isinstance(value, str) or not value.isprintable()):
+            raise InvalidEvent(f"{name} must be printable text", field=name, rule="printable")
+    for text_field in _STRINGS[cls]:
+        _check_utf8(text_field, getattr(event, text_field))
     changes["occurred_at"] = _check_time(event.occurred_at, now)
     for info in _DEFAULTS[cls]:
         # a field set to its default must encode like one left out: same bytes, same hash
@@ -398,7 +409,7 @@ def field_from(message: str) -> str | None:
     found = re.search(r"`\$\.([A-Za-z_][A-Za-z0-9_]*)", message)
     if found is not None:
         return found.group(1)
-    found = re.search(r"unknown field `([^`]+)`", message)
+    found = re.search(r"(?:unknown|missing required) field `([^`]+)`", message)
     return found.group(1) if found is not None else None
 
 
@@ -466,6 +477,14 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
             raise InvalidEvent("metadata keys must be strings", field="metadata", rule="json")
 
 
+def _check_utf8(name: str, value: object) -> None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InvalidEvent(f"{name} is not valid UTF-8 text", field=name, rule="utf8") from e
+
+
 def _check_json(value: object, depth: int = 0) -> None:
     """Refuse anything that would not come back from JSON as it went in."""
     if depth > MAX_METADATA_DEPTH:
@@ -476,6 +495,7 @@ def _check_json(value: object, depth: int = 0) -> None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidEvent("metadata keys must be strings", field="metadata", rule="json")
+            _check_utf8("metadata", key)
             _check_json(item, depth + 1)
     elif isinstance(value, list | tuple):
         for item in value:
@@ -485,7 +505,9 @@ def _check_json(value: object, depth: int = 0) -> None:
             isinstance(value, Decimal) and not value.is_finite()
         ):
             raise InvalidEvent("metadata numbers must be finite", field="metadata", rule="json")
-    elif not (value is None or isinstance(value, str | int | bool)):
+    elif isinstance(value, str):
+        _check_utf8("metadata", value)
+    elif not (value is None or isinstance(value, int | bool)):
         raise InvalidEvent(
             f"metadata holds a {type(value).__name__}, which JSON cannot carry",
             field="metadata",

@@ -341,7 +341,10 @@ class Runner:
             return
         async with self._lock:
             try:
-                while self.position < target:
+                if self.position >= target:
+                    return  # a caller before us applied these too
+                # everything that has arrived, ours and later callers', in one flush
+                while self.position < target or (self.position + 1) in self._pending:
                     following = self._pending.pop(self.position + 1, None)
                     if following is None:
                         await self._catch_up(target)

@@ -1301,7 +1301,9 @@ def export_command(
         )
         async with open_ledger(url, create=False) as book:
             if output:
-                with open(output, "w", encoding="utf-8", newline="") as out:
+                # the whole audit trail: owner-only, like the ledger it comes from
+                fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with open(fd, "w", encoding="utf-8", newline="") as out:
                     trailer = await export_trail(
                         book.store, out, where=where, format=fmt, exported_at=book.clock()
                     )

@@ -146,6 +146,20 @@ def _row(record: Record) -> tuple[Any, ...]:
     )
 
 
+def _is_ledger_file(path: str) -> bool:
+    """Whether ``path`` starts like a tradeledger file: SQLite's header with our application id."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(100)
+    except OSError:
+        return False
+    return (
+        len(header) == 100
+        and header.startswith(b"SQLite format 3\x00")
+        and int.from_bytes(header[68:72], "big") == APPLICATION_ID
+    )
+
+
 def _path_from_url(url: str) -> str:
     if not url.startswith("sqlite:///"):
         raise ValueError(f"not a sqlite URL (sqlite:///relative or sqlite:////absolute): {url!r}")
@@ -552,7 +566,13 @@ class SqliteStore:
             conn.execute("PRAGMA synchronous = FULL")
         except sqlite3.DatabaseError as e:
             conn.close()
-            if getattr(e, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+            name = getattr(e, "sqlite_errorname", "")
+            if name == "SQLITE_CORRUPT" and _is_ledger_file(self.path):
+                raise IntegrityError(
+                    f"{self.path} is a tradeledger file but it is damaged ({e}); "
+                    "restore it from a backup or an export"
+                ) from e
+            if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
                 raise IncompatibleStore(f"{self.path} is not a tradeledger file: {e}") from e
             raise StoreUnavailable(f"cannot open {self.path}: {e}") from e
         except LedgerError:
@@ -669,6 +689,9 @@ class SqliteStore:
         except TimeoutError as e:
             raise StoreUnavailable(f"{self.path}: read timed out after {self.timeout}s") from e
         except sqlite3.Error as e:
+            if getattr(e, "sqlite_errorname", "") == "SQLITE_CORRUPT":
+                # retrying cannot help: the file itself is damaged
+                raise IntegrityError(f"{self.path} is damaged: {e}") from e
             raise StoreUnavailable(f"{self.path}: read failed: {e}") from e
 
     async def read(self, start: int = 1, stop: int | None = None) -> AsyncIterator[Record]:
@@ -746,15 +769,34 @@ class SqliteStore:
                 await asyncio.wait_for(self._appended.wait(), self.poll_interval)
 
     async def load_checkpoints(self) -> dict[str, Checkpoint]:
+        # Read as bytes: a damaged row must cost its checkpoint (rebuilt from the log),
+        # never the opening of the ledger.
         rows = await self._fetch(
-            "SELECT name, identity, position, hash, state, digest, saved_at FROM checkpoints"
+            "SELECT CAST(name AS BLOB), CAST(identity AS BLOB), position, CAST(hash AS BLOB), "
+            "CAST(state AS BLOB), CAST(digest AS BLOB), CAST(saved_at AS BLOB) FROM checkpoints"
         )
-        return {
-            row[0]: Checkpoint(
-                row[0], row[1], row[2], row[3], bytes(row[4]), row[5], _parse_time(row[6])
-            )
-            for row in rows
-        }
+        found = {}
+        for row in rows:
+            try:
+                name, identity, digest_hash, digest, saved_at = (
+                    bytes(row[i]).decode() for i in (0, 1, 3, 5, 6)
+                )
+                if not isinstance(row[2], int):
+                    raise ValueError(f"position {row[2]!r} is not a number")
+                found[name] = Checkpoint(
+                    name,
+                    identity,
+                    row[2],
+                    digest_hash,
+                    bytes(row[4]),
+                    digest,
+                    _parse_time(saved_at),
+                )
+            except (TypeError, ValueError) as e:
+                structlog.get_logger("tradeledger").warning(
+                    "checkpoint_unreadable", store="sqlite", path=self.path, error=str(e)
+                )
+        return found
 
     async def ledger_id(self) -> str:
         rows = await self._fetch("SELECT value FROM ledger WHERE key = 'ledger_id'")
