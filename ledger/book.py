@@ -28,7 +28,7 @@ from ledger.failpoints import FailPoints
 from ledger.projection import StateProjection, TableProjection
 from ledger.record import Pending, Record
 from ledger.runner import Runner
-from ledger.store import Clock, EventStore, Proposal, open_store
+from ledger.store import Clock, EventStore, Proposal, open_store, safe_url
 from ledger.trade import fold
 
 __all__ = ["Append", "Ledger", "open_ledger"]
@@ -69,7 +69,8 @@ class Ledger:
         follow: bool = False,
         create: bool = True,
     ) -> None:
-        self.url = url
+        self._url = url
+        self.url = safe_url(url)  # for people and logs: never the password
         self.create = create
         self.timeout = timeout
         self.clock: Clock = clock or utc_now
@@ -94,7 +95,7 @@ class Ledger:
             raise LedgerClosed(f"the ledger is {self._state}; open a new one")
         self._state = "opening"
         store = open_store(
-            self.url,
+            self._url,
             rules=fold,
             clock=self.clock,
             timeout=self.timeout,

@@ -1387,6 +1387,7 @@ def info(url: str, as_json: bool) -> None:
             head = await store.head()
             counts = await store.count_by_type()
             checkpoints = await store.load_checkpoints()
+            backend = await store.describe()
             facts = {
                 "store": type(store).__name__,
                 "location": safe_url(url),
@@ -1399,11 +1400,17 @@ def info(url: str, as_json: bool) -> None:
                 "checkpoints": {
                     c.name: c.position for c in sorted(checkpoints.values(), key=lambda c: c.name)
                 },
+                "backend": backend,
             }
         if as_json:
             _json(facts)
             return
-        rows = [[k, v] for k, v in facts.items() if k not in ("events_by_type", "checkpoints")]
+        rows = [
+            [k, v]
+            for k, v in facts.items()
+            if k not in ("events_by_type", "checkpoints", "backend")
+        ]
+        rows += [[f"store: {k}", v] for k, v in facts["backend"].items()]  # type: ignore[attr-defined]
         rows += [[f"events: {k}", v] for k, v in facts["events_by_type"].items()]  # type: ignore[attr-defined]
         rows += [[f"checkpoint: {k}", v] for k, v in facts["checkpoints"].items()]  # type: ignore[attr-defined]
         _table("Ledger", ["", ""], rows)

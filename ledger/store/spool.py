@@ -9,7 +9,9 @@ A forwarder drains the spool into Redis in order, with the same event ids (a
 spooled event that did land is recognised, not duplicated); drained events
 become records and reach the views. A spooled event that Redis refuses (a
 version conflict with another host, say) goes to the quarantine table and is
-logged as an error: never dropped, never changed.
+logged as an error: never dropped, never changed (``quarantined()`` lists
+them; ``describe()`` counts what is pending and what was quarantined). The
+spool opens with the ledger, which needs Redis reachable at that moment.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ledger.errors import (
     IdempotencyConflict,
     InvalidEvent,
     LedgerClosed,
+    LedgerError,
     OutcomeUnknown,
     StoreUnavailable,
 )
@@ -40,7 +43,7 @@ from ledger.record import Pending, Record
 from ledger.store.protocol import Checkpoint, Head, Proposal
 from ledger.store.redis import RedisStore
 
-__all__ = ["SpoolStore"]
+__all__ = ["Quarantined", "SpoolStore"]
 
 
 class _Line(msgspec.Struct, array_like=True):
@@ -99,17 +102,34 @@ def _decode(blob: bytes) -> list[Proposal]:
     return proposals
 
 
+class Quarantined(msgspec.Struct, frozen=True):
+    """A spooled batch Redis refused, kept as it was spooled, with the reason."""
+
+    seq: int
+    spooled_at: dt.datetime
+    quarantined_at: dt.datetime
+    reason: str
+    batch: list[Proposal]
+
+
 class SpoolStore:
-    """A :class:`RedisStore` with a local spool in front of its appends."""
+    """A :class:`RedisStore` with a local spool in front of its appends.
+
+    The forwarder starts once the ledger has wired its views (``drained``) or
+    when something is first spooled; the spool is opened with the ledger, so
+    Redis must be reachable at open.
+    """
 
     def __init__(self, inner: RedisStore, path: str, *, retry_every: float = 0.5) -> None:
         self.inner = inner
         self.path = path
         self.url = inner.url
         self.retry_every = retry_every
-        self.drained: Callable[[list[Record]], Awaitable[None]] | None = None
+        self._drained: Callable[[list[Record]], Awaitable[None]] | None = None
         self._conn: sqlite3.Connection | None = None
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # one user of the spool's connection at a time
+        self._draining = asyncio.Lock()
+        self._pending = 0
         self._forwarder: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._log = structlog.get_logger("tradeledger")
@@ -118,22 +138,43 @@ class SpoolStore:
     def durability(self) -> str:
         return self.inner.durability + "; spooled locally (fsync) while Redis is unreachable"
 
+    @property
+    def drained(self) -> Callable[[list[Record]], Awaitable[None]] | None:
+        """Called with the records a drain produced, to bring them into the views."""
+        return self._drained
+
+    @drained.setter
+    def drained(self, callback: Callable[[list[Record]], Awaitable[None]] | None) -> None:
+        self._drained = callback
+        self._start_forwarding()
+
     async def open(self) -> None:
-        if not os.path.exists(self.path):
-            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
-        for statement in _SCHEMA:
-            conn.execute(statement)
-        self._conn = conn
+        self._conn = await asyncio.to_thread(self._connect)
+        self._pending, _ = self.counts()
         try:
             await self.inner.open()
         except StoreUnavailable:
-            # the spool is there for exactly this: views wait, appends spool
-            self._log.error("redis_unreachable_at_open", address=self.url)
+            self._log.error("redis_unreachable_at_open", address=self.url, spooled=self._pending)
+            self._conn.close()
+            self._conn = None
             raise
-        self._forwarder = asyncio.create_task(self._forward())
+
+    def _connect(self) -> sqlite3.Connection:
+        if not os.path.exists(self.path):
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            for statement in _SCHEMA:
+                conn.execute(statement)
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"cannot open the spool {self.path}: {e}") from e
+        return conn
+
+    def _start_forwarding(self) -> None:
+        if self._forwarder is None and self._conn is not None:
+            self._forwarder = asyncio.get_running_loop().create_task(self._forward())
 
     async def aclose(self) -> None:
         if self._forwarder is not None:
@@ -142,8 +183,9 @@ class SpoolStore:
                 await self._forwarder
         await self.inner.aclose()
         if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+            async with self._lock:
+                self._conn.close()
+                self._conn = None
 
     def _live(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -157,14 +199,29 @@ class SpoolStore:
         (quarantined,) = conn.execute("SELECT count(*) FROM quarantine").fetchone()
         return int(pending), int(quarantined)
 
+    def quarantined(self) -> list[Quarantined]:
+        """Every batch Redis refused, oldest first, exactly as it was spooled."""
+        rows = self._live().execute(
+            "SELECT seq, spooled_at, quarantined_at, reason, batch FROM quarantine ORDER BY seq"
+        )
+        return [
+            Quarantined(
+                seq,
+                dt.datetime.fromisoformat(spooled_at),
+                dt.datetime.fromisoformat(quarantined_at),
+                reason,
+                _decode(blob),
+            )
+            for seq, spooled_at, quarantined_at, reason, blob in rows
+        ]
+
     async def append(self, batch: Sequence[Proposal]) -> list[Record | Pending]:
-        async with self._lock:
-            if self.counts()[0] == 0:
-                try:
-                    return list(await self.inner.append(batch))
-                except (StoreUnavailable, OutcomeUnknown) as e:
-                    self._log.error("spooling", address=self.url, reason=str(e), events=len(batch))
-            return await self._spool(batch)
+        if self._pending == 0:
+            try:
+                return list(await self.inner.append(batch))
+            except (StoreUnavailable, OutcomeUnknown) as e:
+                self._log.error("spooling", address=self.url, reason=str(e), events=len(batch))
+        return await self._spool(batch)
 
     async def _spool(self, batch: Sequence[Proposal]) -> list[Record | Pending]:
         conn = self._live()
@@ -178,55 +235,94 @@ class SpoolStore:
             assert cursor.lastrowid is not None
             return cursor.lastrowid
 
-        seq = await asyncio.to_thread(write)
+        async with self._lock:
+            try:
+                seq = await asyncio.to_thread(write)
+            except sqlite3.Error as e:
+                raise StoreUnavailable(
+                    f"{self.url} is unreachable and the spool {self.path} failed: {e}"
+                ) from e
+            self._pending += 1
+        self._start_forwarding()
         self._wake.set()
         return [Pending(p.event_id, p.stream_id, seq, now) for p in batch]
 
     async def drain(self) -> int:
-        """Forward what the spool holds, oldest first; returns how many batches went."""
+        """Forward what the spool holds, oldest first; returns how many batches went.
+
+        A batch Redis refuses is quarantined and the drain goes on; one that
+        cannot reach Redis stays first in line and the error is raised.
+        """
         sent = 0
         conn = self._live()
-        while True:
-            async with self._lock:
-                row = conn.execute(
-                    "SELECT seq, batch, spooled_at FROM spool ORDER BY seq LIMIT 1"
-                ).fetchone()
+        async with self._draining:
+            while True:
+                async with self._lock:
+                    row = conn.execute(
+                        "SELECT seq, batch, spooled_at FROM spool ORDER BY seq LIMIT 1"
+                    ).fetchone()
                 if row is None:
                     return sent
                 seq, blob, spooled_at = row
                 self.inner.failpoints.hit("spool_drain")
+                batch = _decode(blob)
                 try:
-                    records = await self.inner.append(_decode(blob))
+                    records = await self.inner.append(batch)
                 except (InvalidEvent, ConcurrencyError, IdempotencyConflict) as refused:
-                    conn.execute("BEGIN IMMEDIATE")
-                    conn.execute(
-                        "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?)",
-                        (
-                            seq,
-                            blob,
-                            spooled_at,
-                            f"{type(refused).__name__}: {refused}",
-                            timestamp(self.inner.clock()),
-                        ),
+                    async with self._lock:
+                        self._quarantine(conn, seq, blob, spooled_at, refused)
+                        self._pending -= 1
+                    self._log.error(
+                        "spool_quarantined",
+                        address=self.url,
+                        seq=seq,
+                        event_ids=[p.event_id for p in batch],
+                        error=type(refused).__name__,
+                        reason=str(refused),
                     )
-                    conn.execute("DELETE FROM spool WHERE seq = ?", (seq,))
-                    conn.execute("COMMIT")
-                    self._log.error("spool_quarantined", seq=seq, reason=str(refused))
                     continue
-                conn.execute("DELETE FROM spool WHERE seq = ?", (seq,))
-            sent += 1
-            if self.drained is not None:
-                await self.drained(records)
+                async with self._lock:
+                    conn.execute("DELETE FROM spool WHERE seq = ?", (seq,))
+                    self._pending -= 1
+                sent += 1
+                if self._drained is not None:
+                    await self._drained(records)
+
+    def _quarantine(
+        self,
+        conn: sqlite3.Connection,
+        seq: int,
+        blob: bytes,
+        spooled_at: str,
+        refused: LedgerError,
+    ) -> None:
+        reason = f"{type(refused).__name__}: {refused}"
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?)",
+                (seq, blob, spooled_at, reason, timestamp(self.inner.clock())),
+            )
+            conn.execute("DELETE FROM spool WHERE seq = ?", (seq,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     async def _forward(self) -> None:
         while True:
+            self._wake.clear()
             try:
                 await self.drain()
             except (StoreUnavailable, OutcomeUnknown) as e:
                 self._log.info("spool_waiting", address=self.url, reason=str(e))
+            except LedgerError as e:  # never let the forwarder die: the spool is kept
+                self._log.error("spool_stalled", address=self.url, error=str(e))
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that lands as the wake-up does, and aclose() would wait forever
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.retry_every)
-            self._wake.clear()
+                async with asyncio.timeout(self.retry_every):
+                    await self._wake.wait()
 
     # everything else is the Redis store's
 
@@ -267,8 +363,12 @@ class SpoolStore:
         return self.inner.read_model()
 
     async def describe(self) -> dict[str, Any]:
+        """The Redis store's facts, plus the spool: where it is, what waits, what was refused."""
         pending, quarantined = self.counts()
-        facts = await self.inner.describe()
+        try:
+            facts = await self.inner.describe()
+        except StoreUnavailable as e:  # what waits in the spool matters most right then
+            facts = {"address": self.url, "redis": f"unreachable: {e}"}
         return {
             **facts,
             "spool": self.path,

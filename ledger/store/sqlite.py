@@ -765,8 +765,10 @@ class SqliteStore:
             async for record in self.read(position):
                 yield record
                 position = record.position + 1
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._appended.wait(), self.poll_interval)
+                async with asyncio.timeout(self.poll_interval):
+                    await self._appended.wait()
 
     async def load_checkpoints(self) -> dict[str, Checkpoint]:
         # Read as bytes: a damaged row must cost its checkpoint (rebuilt from the log),
