@@ -306,8 +306,11 @@ def _moment(name: str, text: str) -> dt.datetime:
         moment = moment.replace(tzinfo=dt.UTC)
     try:
         return moment.astimezone(dt.UTC)
-    except OverflowError as e:
-        raise _bad(name, "out of range once in UTC") from e
+    except OverflowError:
+        # a valid ISO time at the very edge of the calendar: before or after any
+        # record of any ledger, which is what the cut then answers
+        edge = dt.datetime.min if moment.year == dt.MINYEAR else dt.datetime.max
+        return edge.replace(tzinfo=dt.UTC)
 
 
 def _text(name: str, help: str) -> Param:

@@ -537,3 +537,16 @@ def test_the_server_writes_nothing_to_the_ledger(tmp_path: Path) -> None:
     finally:
         assert server.stop() == 0
     assert contents() == before
+
+
+@pytest.mark.parametrize(
+    "moment", ["0001-01-01T00:01:00+00:02", "9999-12-31T23:59:00-00:30"], ids=["first", "last"]
+)
+def test_a_time_at_the_edge_of_the_calendar_is_a_cut_before_or_after_everything(
+    api: httpx.Client, moment: str
+) -> None:
+    """A valid ISO time that overflows once in UTC cuts before (or after) every record, not a 400."""
+    response = api.get(PREFIX + "/parameters", params={"known_at": moment})
+    assert response.status_code == 200, response.text
+    if moment.startswith("0001"):
+        assert response.json() == []
