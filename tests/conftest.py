@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import hypothesis
 import pytest
 import structlog
 
 from tests.servers import RedisServer
 
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+# Locally every run draws new examples; CI replays a fixed set, so a landing is
+# decided by the code, not by the draw.
+hypothesis.settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    hypothesis.settings.load_profile("ci")
 
 
 @pytest.fixture
