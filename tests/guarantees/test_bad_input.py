@@ -702,16 +702,7 @@ async def attempt_import(book: Any, case: Case) -> LedgerError:
 
 def marked(cases: list[Case], surface: str) -> list[Any]:
     chosen = [c for c in cases if (c.api if surface == "api" else c.line) is not None]
-    return [
-        pytest.param(
-            c,
-            id=c.name,
-            marks=[pytest.mark.xfail(reason=c.gap, strict=True)]
-            if c.gap and surface in c.gap_at
-            else [],
-        )
-        for c in chosen
-    ]
+    return [pytest.param(c, id=c.name) for c in chosen]
 
 
 @pytest.mark.parametrize("case", marked(CATALOGUE, "api"))
