@@ -8,8 +8,26 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import redis
+
+
+def ledger_keys(client: redis.Redis, name: str) -> list[tuple[Any, ...]]:
+    """Every key of the ledger ``name`` and its content, exactly as Redis holds it."""
+    found: list[tuple[Any, ...]] = []
+    for key in sorted(client.scan_iter(match=f"tradeledger:{{{name}}}:*")):
+        kind = client.type(key)
+        if kind == b"stream":
+            content: Any = client.xrange(key)
+        elif kind == b"hash":
+            content = sorted(client.hgetall(key).items())
+        elif kind == b"list":
+            content = client.lrange(key, 0, -1)
+        else:
+            content = client.dump(key)
+        found.append((key, kind, content))
+    return found
 
 
 def free_port() -> int:

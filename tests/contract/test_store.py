@@ -48,6 +48,7 @@ from tests.lifecycles import (
     stop_moved,
     target_moved,
 )
+from tests.servers import ledger_keys
 
 URL_FACTORIES: dict[str, Callable[[pytest.FixtureRequest, Path], str]] = {
     "sqlite": lambda request, tmp_path: f"sqlite:///{tmp_path / 'contract.db'}",
@@ -99,19 +100,7 @@ class RedisRaw:
         name = urllib.parse.parse_qs(parts.query)["ledger"][0]
         client = redis.Redis(host=parts.hostname or "127.0.0.1", port=parts.port or 6379)
         try:
-            found: list[tuple[Any, ...]] = []
-            for key in sorted(client.scan_iter(match=f"tradeledger:{{{name}}}:*")):
-                kind = client.type(key)
-                if kind == b"stream":
-                    content: Any = client.xrange(key)
-                elif kind == b"hash":
-                    content = sorted(client.hgetall(key).items())
-                elif kind == b"list":
-                    content = client.lrange(key, 0, -1)
-                else:
-                    content = client.dump(key)
-                found.append((key, kind, content))
-            return found
+            return ledger_keys(client, name)
         finally:
             client.close()
 

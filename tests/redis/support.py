@@ -17,6 +17,7 @@ import redis
 
 from ledger import Ledger, Record
 from ledger.chain import GENESIS, check_link
+from tests import servers
 from tests.servers import RedisServer
 
 
@@ -52,19 +53,7 @@ def ledger_keys(server: RedisServer, name: str) -> list[tuple[Any, ...]]:
     """Every key of the ledger ``name`` and its content, exactly as Redis holds it."""
     client = server.client()
     try:
-        found: list[tuple[Any, ...]] = []
-        for key in sorted(client.scan_iter(match=f"tradeledger:{{{name}}}:*")):
-            kind = client.type(key)
-            if kind == b"stream":
-                content: Any = client.xrange(key)
-            elif kind == b"hash":
-                content = sorted(client.hgetall(key).items())
-            elif kind == b"list":
-                content = client.lrange(key, 0, -1)
-            else:
-                content = client.dump(key)
-            found.append((key, kind, content))
-        return found
+        return servers.ledger_keys(client, name)
     finally:
         client.close()
 
