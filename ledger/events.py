@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import hashlib
+import math
 import re
 import typing
 import uuid
@@ -275,7 +276,7 @@ def natural_event_id(event: Event) -> str | None:
     elif isinstance(event, TradeClosed):
         parts = ("close", event.trade_id)
     elif isinstance(event, FundingApplied):
-        parts = ("funding", event.trade_id, _iso(event.occurred_at))
+        parts = ("funding", event.trade_id, timestamp(event.occurred_at))
     else:
         return None
     # uuid5(_KEY_SPACE, name), spelled out: the UUID object costs more than the hash
@@ -284,10 +285,6 @@ def natural_event_id(event: Event) -> str | None:
     digest[8] = (digest[8] & 0x3F) | 0x80
     h = digest.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def _iso(moment: dt.datetime) -> str:
-    return timestamp(moment)
 
 
 def _kinds(cls: type[Event]) -> dict[str, str | None]:
@@ -501,9 +498,7 @@ def _check_json(value: object, depth: int = 0) -> None:
         for item in value:
             _check_json(item, depth + 1)
     elif isinstance(value, float | Decimal):
-        if not (value == value and value not in (float("inf"), float("-inf"))) or (
-            isinstance(value, Decimal) and not value.is_finite()
-        ):
+        if not (value.is_finite() if isinstance(value, Decimal) else math.isfinite(value)):
             raise InvalidEvent("metadata numbers must be finite", field="metadata", rule="json")
     elif isinstance(value, str):
         _check_utf8("metadata", value)

@@ -17,58 +17,6 @@ from ledger.trade import RATIO, TradeState
 
 SortBy = Literal["closed_at", "opened_at", "net", "r"]
 
-_COLUMNS = (
-    "trade_id",
-    "position",
-    "symbol",
-    "side",
-    "currency",
-    "account",
-    "strategy",
-    "session",
-    "pattern",
-    "model",
-    "regime",
-    "signal_id",
-    "opened_at",
-    "closed_at",
-    "quantity",
-    "average_entry",
-    "average_exit",
-    "multiplier",
-    "leverage",
-    "gross",
-    "fees",
-    "funding",
-    "net",
-    "invested",
-    "return_fraction",
-    "roe",
-    "initial_risk",
-    "r",
-    "outcome",
-    "holding_seconds",
-    "close_reason",
-)
-_DECIMALS = frozenset(
-    {
-        "quantity",
-        "average_entry",
-        "average_exit",
-        "multiplier",
-        "leverage",
-        "gross",
-        "fees",
-        "funding",
-        "net",
-        "invested",
-        "return_fraction",
-        "roe",
-        "initial_risk",
-        "r",
-        "holding_seconds",
-    }
-)
 _FILTERS = ("symbol", "side", "strategy", "session", "pattern", "account", "outcome", "currency")
 _SORTS = {
     "closed_at": "closed_at",
@@ -112,6 +60,10 @@ class ClosedTrade(msgspec.Struct, frozen=True, kw_only=True):
     outcome: str
     holding_seconds: Decimal
     close_reason: str
+
+
+# The table's columns are the struct's fields, in order.
+_COLUMNS = tuple(f.name for f in msgspec.structs.fields(ClosedTrade))
 
 
 class TradePage(msgspec.Struct, frozen=True):
@@ -168,14 +120,8 @@ def _row(trade: TradeState, position: int) -> tuple[Any, ...]:
 
 
 def _closed_trade(row: tuple[Any, ...]) -> ClosedTrade:
-    fields: dict[str, Any] = {}
-    for name, value in zip(_COLUMNS, row, strict=True):
-        if value is not None and name in _DECIMALS:
-            value = Decimal(value)
-        elif value is not None and name in ("opened_at", "closed_at"):
-            value = dt.datetime.fromisoformat(value)
-        fields[name] = value
-    return ClosedTrade(**fields)
+    # msgspec turns the stored text back into Decimals and datetimes
+    return msgspec.convert(dict(zip(_COLUMNS, row, strict=True)), ClosedTrade)
 
 
 class TradeHistory(TableProjection):

@@ -14,25 +14,6 @@ from ledger.chain import timestamp
 from ledger.events import SignalEmitted, TradeOpened
 from ledger.projection import Step, TableProjection
 
-_COLUMNS = (
-    "signal_id",
-    "position",
-    "occurred_at",
-    "symbol",
-    "side",
-    "timeframe",
-    "confidence",
-    "entry_price",
-    "stop_price",
-    "target_price",
-    "strategy",
-    "model",
-    "session",
-    "pattern",
-    "trade_id",
-)
-_DECIMALS = frozenset({"confidence", "entry_price", "stop_price", "target_price"})
-
 
 class Signal(msgspec.Struct, frozen=True, kw_only=True):
     """A recorded signal; ``trade_id`` names the trade opened from it, if any."""
@@ -52,6 +33,10 @@ class Signal(msgspec.Struct, frozen=True, kw_only=True):
     session: str | None
     pattern: str | None
     trade_id: str | None
+
+
+# The table's columns are the struct's fields, in order.
+_COLUMNS = tuple(f.name for f in msgspec.structs.fields(Signal))
 
 
 class SignalPage(msgspec.Struct, frozen=True):
@@ -167,9 +152,5 @@ class Signals(TableProjection):
 
 
 def _signal(row: tuple[Any, ...]) -> Signal:
-    fields: dict[str, Any] = dict(zip(_COLUMNS, row, strict=True))
-    for name in _DECIMALS:
-        if fields[name] is not None:
-            fields[name] = Decimal(fields[name])
-    fields["occurred_at"] = dt.datetime.fromisoformat(fields["occurred_at"])
-    return Signal(**fields)
+    # msgspec turns the stored text back into Decimals and datetimes
+    return msgspec.convert(dict(zip(_COLUMNS, row, strict=True)), Signal)

@@ -1166,23 +1166,19 @@ def _check_trailer(report: Report, info: ExportFile) -> None:
     trailer = info.trailer
     if trailer is None:
         report.problems.append(
-            _problem(None, "the export has no trailer: it may have been cut short")
+            Problem(None, "the export has no trailer: it may have been cut short")
         )
     elif trailer.records != report.records or (trailer.last_hash or "") != (
         report.head_hash if report.records else ""
     ):
         report.problems.append(
-            _problem(
+            Problem(
                 None, "the export's trailer does not match its records: lines were added or removed"
             )
         )
     if report.problems:
         report.ok = False
         report.first_bad = report.first_bad or report.problems[0]
-
-
-def _problem(position: int | None, reason: str) -> Problem:
-    return Problem(position, reason)
 
 
 def _print_report(report: Report, where: str) -> None:
