@@ -33,7 +33,7 @@ from ledger.book import Append, Ledger
 from ledger.events import canonical_decimal
 from ledger.record import Pending, Record
 from ledger.store import safe_url
-from ledger.trade import TradeState
+from projections.positions import Position
 from replay.anchor import Anchor, load_private_key, load_public_key, new_key, sign
 from replay.rebuild import rebuild as rebuild_views
 from replay.trail import (
@@ -469,7 +469,7 @@ def positions(
             )
             _warn_inconsistent(source, as_json)
         if as_json:
-            _json([_position(t) for t in found])
+            _json([Position.of(t) for t in found])
             return
         _table(
             f"Open positions ({len(found)})",
@@ -509,32 +509,6 @@ def positions(
         )
 
     _run(go())
-
-
-def _position(trade: TradeState) -> dict[str, Any]:
-    return {
-        "trade_id": trade.trade_id,
-        "symbol": trade.symbol,
-        "side": trade.side,
-        "currency": trade.currency,
-        "quantity": trade.quantity,
-        "average_entry": trade.average_entry,
-        "stop_price": trade.stop_price,
-        "target_price": trade.target_price,
-        "trailing_pct": trade.trailing_pct,
-        "realized_net": trade.net,
-        "gross": trade.gross,
-        "fees": trade.fees,
-        "funding": trade.funding,
-        "multiplier": trade.multiplier,
-        "leverage": trade.leverage,
-        "opened_at": trade.opened_at,
-        "updated_at": trade.updated_at,
-        "strategy": trade.strategy,
-        "account": trade.account,
-        "session": trade.session,
-        "signal_id": trade.signal_id,
-    }
 
 
 _GROUP = click.Choice(["symbol", "strategy", "session", "account", "side"])

@@ -48,8 +48,8 @@ from ledger.readmodel import LocalReadModel
 from ledger.record import Record
 from ledger.runner import Runner
 from ledger.store import EventStore, safe_url
-from ledger.trade import TradeState
 from projections.history import ClosedTrade
+from projections.positions import Position
 from replay.trail import ExportFilter, record_row
 from replay.travel import travel
 from replay.verify import Report, verify
@@ -71,58 +71,6 @@ _encode = msgspec.json.Encoder(decimal_format="string").encode
 
 
 # what the API answers (the CLI's --json shapes, as types the schema is made from)
-
-
-class Position(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """An open trade, as ``tradeledger positions --json`` shows it."""
-
-    trade_id: str
-    symbol: str
-    side: str
-    currency: str
-    quantity: Decimal
-    average_entry: Decimal
-    stop_price: Decimal | None
-    target_price: Decimal | None
-    trailing_pct: Decimal | None
-    realized_net: Decimal
-    gross: Decimal
-    fees: Decimal
-    funding: Decimal
-    multiplier: Decimal
-    leverage: Decimal
-    opened_at: dt.datetime
-    updated_at: dt.datetime
-    strategy: str | None
-    account: str | None
-    session: str | None
-    signal_id: str | None
-
-    @classmethod
-    def of(cls, trade: TradeState) -> Position:
-        return cls(
-            trade_id=trade.trade_id,
-            symbol=trade.symbol,
-            side=trade.side,
-            currency=trade.currency,
-            quantity=trade.quantity,
-            average_entry=trade.average_entry,
-            stop_price=trade.stop_price,
-            target_price=trade.target_price,
-            trailing_pct=trade.trailing_pct,
-            realized_net=trade.net,
-            gross=trade.gross,
-            fees=trade.fees,
-            funding=trade.funding,
-            multiplier=trade.multiplier,
-            leverage=trade.leverage,
-            opened_at=trade.opened_at,
-            updated_at=trade.updated_at,
-            strategy=trade.strategy,
-            account=trade.account,
-            session=trade.session,
-            signal_id=trade.signal_id,
-        )
 
 
 class PnlLine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
