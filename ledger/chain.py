@@ -58,6 +58,23 @@ def record_hash(
     return hashlib.sha256(bytes.fromhex(prev_hash) + body).hexdigest()
 
 
+def digest_of(record: Any) -> str:
+    """The hash a record (anything with the record's fields) must carry, given its prev_hash."""
+    return record_hash(
+        record.prev_hash,
+        record.position,
+        record.stream_id,
+        record.version,
+        record.event_id,
+        record.type,
+        record.schema_version,
+        record.occurred_at,
+        record.recorded_at,
+        record.data,
+        record.metadata,
+    )
+
+
 class ChainBreak(msgspec.Struct, frozen=True):
     """The first place a log stops being the chain it claims to be."""
 
@@ -74,19 +91,7 @@ def check_link(record: Any, prev_position: int, prev_hash: str) -> ChainBreak | 
         )
     if record.prev_hash != prev_hash:
         return ChainBreak(record.position, "prev_hash does not match the previous record's hash")
-    expected = record_hash(
-        prev_hash,
-        record.position,
-        record.stream_id,
-        record.version,
-        record.event_id,
-        record.type,
-        record.schema_version,
-        record.occurred_at,
-        record.recorded_at,
-        record.data,
-        record.metadata,
-    )
+    expected = digest_of(record)
     if expected != record.hash:
         return ChainBreak(record.position, "the record's content does not match its hash")
     return None

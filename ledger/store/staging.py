@@ -13,7 +13,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 
-from ledger.chain import record_hash
+import msgspec
+
+from ledger.chain import digest_of
 from ledger.codec import decode_event
 from ledger.errors import ConcurrencyError, IdempotencyConflict
 from ledger.record import Record
@@ -99,22 +101,8 @@ def stage_batch(
 
 def make_record(head: Head, proposal: Proposal, version: int, recorded_at: dt.datetime) -> Record:
     """The record that appends ``proposal`` after ``head``, hashed into the chain."""
-    position = head.position + 1
-    digest = record_hash(
-        head.hash,
-        position,
-        proposal.stream_id,
-        version,
-        proposal.event_id,
-        proposal.type,
-        proposal.schema_version,
-        proposal.occurred_at,
-        recorded_at,
-        proposal.data,
-        proposal.metadata,
-    )
-    return Record(
-        position,
+    unhashed = Record(
+        head.position + 1,
         proposal.stream_id,
         version,
         proposal.event_id,
@@ -125,8 +113,9 @@ def make_record(head: Head, proposal: Proposal, version: int, recorded_at: dt.da
         proposal.data,
         proposal.metadata,
         head.hash,
-        digest,
+        "",
     )
+    return msgspec.structs.replace(unhashed, hash=digest_of(unhashed))
 
 
 def same_payload(record: Record, proposal: Proposal) -> bool:
