@@ -259,8 +259,6 @@ async def _views(
         async with open_ledger(url, create=False) as book:
             head = await book.store.head()
         chosen = {"at_position": head.position}
-    async with open_ledger(url, create=False):
-        pass  # a clear error when there is no ledger, before folding anything
     async with travel(url, standard, **chosen) as found:
         yield Source(None, found)
 
