@@ -28,7 +28,9 @@ from ledger.events import Event
 from ledger.record import Record
 from ledger.trade import TradeState
 
-__all__ = ["ReadModel", "StateProjection", "Step", "TableProjection"]
+__all__ = ["ReadModel", "StateProjection", "Step", "TableProjection", "insert_rows"]
+
+_ROWS_PER_STATEMENT = 500  # x 31 columns stays under SQLite's 32,766 parameters
 
 
 class Step(msgspec.Struct, frozen=True):
@@ -140,3 +142,29 @@ class TableProjection(_Projection):
     def discard(self) -> None:
         """Drop what ``apply`` buffered (its transaction failed)."""
         self.take()
+
+
+def insert_rows(
+    conn: sqlite3.Connection,
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    verb: str = "INSERT OR REPLACE",
+    conflict: str = "",
+) -> None:
+    """Write ``rows`` into ``table`` with one multi-row statement per 500 rows.
+
+    ``executemany`` steps SQLite once per row and hands the GIL away and back
+    at every step; while the event loop's thread is folding records, each
+    hand-back waits its turn, which made the writes of a rebuild three times
+    slower than the writes alone. ``conflict`` is an upsert clause, if any.
+    """
+    marks = f"({', '.join('?' * len(columns))})"
+    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+        chunk = rows[start : start + _ROWS_PER_STATEMENT]
+        conn.execute(
+            f"{verb} INTO {table} ({', '.join(columns)}) "
+            f"VALUES {', '.join([marks] * len(chunk))} {conflict}",
+            [value for row in chunk for value in row],
+        )

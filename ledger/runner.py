@@ -35,7 +35,7 @@ __all__ = ["Runner", "TradeFold"]
 
 P = TypeVar("P")
 
-_FLUSH_EVERY = 2000
+_FLUSH_EVERY = 10000
 _POSITIONS = """
 CREATE TABLE IF NOT EXISTS projection_positions (
     name TEXT PRIMARY KEY,

@@ -194,8 +194,7 @@ def _refuse(message: str, rule: str, field: str | None = None) -> InvalidEvent:
 
 
 def _open(event: TradeOpened) -> TradeState:
-    with decimal.localcontext(CONTEXT):
-        cost = event.quantity * event.price
+    cost = CONTEXT.multiply(event.quantity, event.price)
     return TradeState(
         trade_id=event.trade_id,
         symbol=event.symbol,
@@ -229,80 +228,99 @@ def _open(event: TradeOpened) -> TradeState:
 
 
 def _exit(
-    state: TradeState, quantity: Decimal, price: Decimal, fee: Decimal, at: dt.datetime
-) -> dict[str, object]:
-    with decimal.localcontext(CONTEXT):
-        if quantity == state.quantity:
-            cost = _ZERO
-        else:
-            cost = state.cost - state.cost * quantity / state.quantity
-        exit_value = state.exit_value + quantity * price
-        # Gross from exact running totals: the cost released so far is the entry
-        # cost less what is still open, so a rounded C/Q never leaks into a
-        # closed trade, whose gross is exactly m*d*(exit proceeds - entry cost).
-        gross = state.multiplier * state.direction * (exit_value - (state.entry_cost - cost))
-        return {
-            "quantity": state.quantity - quantity,
-            "cost": cost,
-            "gross": gross,
-            "fees": state.fees + fee,
-            "exit_quantity": state.exit_quantity + quantity,
-            "exit_value": exit_value,
-            "updated_at": at,
-        }
+    state: TradeState,
+    quantity: Decimal,
+    price: Decimal,
+    fee: Decimal,
+    at: dt.datetime,
+    closing: str | None,
+) -> TradeState:
+    """An exit fill of ``quantity`` at ``price``; ``closing`` is the close reason
+    when it closes the trade."""
+    c = CONTEXT
+    if quantity == state.quantity:
+        cost = _ZERO
+    else:
+        cost = c.subtract(state.cost, c.divide(c.multiply(state.cost, quantity), state.quantity))
+    exit_value = c.add(state.exit_value, c.multiply(quantity, price))
+    # Gross from exact running totals: the cost released so far is the entry
+    # cost less what is still open, so a rounded C/Q never leaks into a
+    # closed trade, whose gross is exactly m*d*(exit proceeds - entry cost).
+    released = c.subtract(exit_value, c.subtract(state.entry_cost, cost))
+    gross = c.multiply(c.multiply(state.multiplier, state.direction), released)
+    return msgspec.structs.replace(
+        state,
+        quantity=c.subtract(state.quantity, quantity),
+        cost=cost,
+        gross=gross,
+        fees=c.add(state.fees, fee),
+        exit_quantity=c.add(state.exit_quantity, quantity),
+        exit_value=exit_value,
+        updated_at=at,
+        closed_at=state.closed_at if closing is None else at,
+        close_reason=closing,
+        events=state.events + 1,
+    )
 
 
 def evolve(state: TradeState | None, event: TradeEvent) -> TradeState:
     """The trade after ``event``; raises :class:`InvalidEvent` naming the broken rule."""
-    if isinstance(event, TradeOpened):
+    kind = type(event)
+    if kind is TradeOpened:
         if state is not None:
             raise _refuse(f"trade {event.trade_id!r} already exists", "trade_exists", "trade_id")
+        assert isinstance(event, TradeOpened)
         return _open(event)
     if state is None:
         raise _refuse(f"trade {event.trade_id!r} does not exist", "unknown_trade", "trade_id")
     if state.closed_at is not None:
         raise _refuse(f"trade {event.trade_id!r} is already closed", "trade_closed", "trade_id")
-    at = event.occurred_at
-    changes: dict[str, object]
-    if isinstance(event, TradeIncreased):
-        with decimal.localcontext(CONTEXT):
-            value = event.quantity * event.price
-            changes = {
-                "quantity": state.quantity + event.quantity,
-                "cost": state.cost + value,
-                "entry_quantity": state.entry_quantity + event.quantity,
-                "entry_cost": state.entry_cost + value,
-                "fees": state.fees + event.fee,
-                "updated_at": at,
-            }
-    elif isinstance(event, TradeReduced):
+    at, events, replace = event.occurred_at, state.events + 1, msgspec.structs.replace
+    # dispatch on the exact class: events are final structs, and isinstance
+    # chains cost more than the arithmetic on the hot path of a rebuild
+    if kind is StopMoved:
+        assert isinstance(event, StopMoved)
+        return replace(state, stop_price=event.stop_price, updated_at=at, events=events)
+    if kind is TradeReduced:
+        assert isinstance(event, TradeReduced)
         if event.quantity > state.quantity:
             raise _refuse(
                 f"cannot reduce {event.quantity}: only {state.quantity} is open",
                 "over_reduce",
                 "quantity",
             )
-        changes = _exit(state, event.quantity, event.price, event.fee, at)
+        closing = None
         if event.quantity == state.quantity:
-            reason = event.reason if event.reason in CLOSE_REASONS else "other"
-            changes |= {"closed_at": at, "close_reason": reason}
-    elif isinstance(event, TradeClosed):
-        changes = _exit(state, state.quantity, event.price, event.fee, at)
-        changes |= {"closed_at": at, "close_reason": event.reason}
-    elif isinstance(event, StopMoved):
-        changes = {"stop_price": event.stop_price, "updated_at": at}
-    elif isinstance(event, TargetMoved):
-        changes = {"target_price": event.target_price, "updated_at": at}
-    elif isinstance(event, FeeCharged):
-        with decimal.localcontext(CONTEXT):
-            changes = {"fees": state.fees + event.amount, "updated_at": at}
-    elif isinstance(event, FundingApplied):
-        with decimal.localcontext(CONTEXT):
-            changes = {"funding": state.funding + event.amount, "updated_at": at}
-    else:
-        raise _refuse(f"unknown trade event {type(event).__name__}", "unknown_type", "type")
-    changes["events"] = state.events + 1
-    return msgspec.structs.replace(state, **changes)
+            closing = event.reason if event.reason in CLOSE_REASONS else "other"
+        return _exit(state, event.quantity, event.price, event.fee, at, closing)
+    if kind is TradeClosed:
+        assert isinstance(event, TradeClosed)
+        return _exit(state, state.quantity, event.price, event.fee, at, event.reason)
+    if kind is FundingApplied:
+        assert isinstance(event, FundingApplied)
+        funding = CONTEXT.add(state.funding, event.amount)
+        return replace(state, funding=funding, updated_at=at, events=events)
+    if kind is FeeCharged:
+        assert isinstance(event, FeeCharged)
+        fees = CONTEXT.add(state.fees, event.amount)
+        return replace(state, fees=fees, updated_at=at, events=events)
+    if kind is TradeIncreased:
+        assert isinstance(event, TradeIncreased)
+        value = CONTEXT.multiply(event.quantity, event.price)
+        return replace(
+            state,
+            quantity=CONTEXT.add(state.quantity, event.quantity),
+            cost=CONTEXT.add(state.cost, value),
+            entry_quantity=CONTEXT.add(state.entry_quantity, event.quantity),
+            entry_cost=CONTEXT.add(state.entry_cost, value),
+            fees=CONTEXT.add(state.fees, event.fee),
+            updated_at=at,
+            events=events,
+        )
+    if kind is TargetMoved:
+        assert isinstance(event, TargetMoved)
+        return replace(state, target_price=event.target_price, updated_at=at, events=events)
+    raise _refuse(f"unknown trade event {kind.__name__}", "unknown_type", "type")
 
 
 StreamState = TradeState | SignalEmitted | None

@@ -12,7 +12,7 @@ import msgspec
 
 from ledger.chain import timestamp
 from ledger.events import canonical_decimal
-from ledger.projection import Step, TableProjection
+from ledger.projection import Step, TableProjection, insert_rows
 from ledger.trade import RATIO, TradeState
 
 SortBy = Literal["closed_at", "opened_at", "net", "r"]
@@ -169,8 +169,7 @@ class TradeHistory(TableProjection):
         rows, self._rows = self._rows, []
 
         def write(conn: sqlite3.Connection) -> None:
-            marks = ", ".join("?" * len(_COLUMNS))
-            conn.executemany(f"INSERT OR REPLACE INTO trade_history VALUES ({marks})", rows)
+            insert_rows(conn, "trade_history", _COLUMNS, rows)
 
         return write
 

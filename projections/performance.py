@@ -21,11 +21,24 @@ from typing import Any
 import msgspec
 
 from ledger.chain import timestamp
-from ledger.projection import Step, TableProjection
+from ledger.projection import Step, TableProjection, insert_rows
 from ledger.trade import CONTEXT, RATIO, TradeState
 from projections.grouping import ALL, check_group, keys
 
 _ZERO = Decimal(0)
+_CLOSE_COLUMNS = (
+    "position",
+    "trade_id",
+    "currency",
+    "symbol",
+    "strategy",
+    "session",
+    "account",
+    "side",
+    "closed_at",
+    "net",
+)
+_DAY_COLUMNS = ("currency", "kind", "value", "day", "trades", "wins", "losses", "net", "through")
 
 
 class Figures(msgspec.Struct, frozen=True, kw_only=True):
@@ -129,7 +142,7 @@ class Performance(TableProjection):
     """
 
     name = "performance"
-    version = 1
+    version = 2
     tables = ("performance_stats", "performance_daily", "performance_closes")
 
     def __init__(self, *, starting_equity: Decimal = _ZERO, annualization_days: int = 365) -> None:
@@ -146,7 +159,7 @@ class Performance(TableProjection):
         self._stats: dict[tuple[str, str, str], _Stats] = {}
         self._dirty: set[tuple[str, str, str]] = set()
         self._closes: list[tuple[Any, ...]] = []
-        self._days: set[tuple[str, str, str, str]] = set()
+        self._days: dict[tuple[str, str, str, str], list[tuple[int, Decimal]]] = {}
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -160,11 +173,16 @@ class Performance(TableProjection):
                 currency TEXT NOT NULL, kind TEXT NOT NULL, value TEXT NOT NULL,
                 state BLOB NOT NULL, PRIMARY KEY (currency, kind, value))"""
         )
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(performance_daily)")]
+        if columns and "through" not in columns:  # version 1's tables: rebuilt anyway
+            conn.execute("DROP TABLE performance_daily")
+            conn.execute("DELETE FROM performance_stats")
         conn.execute(
             """CREATE TABLE IF NOT EXISTS performance_daily (
                 currency TEXT NOT NULL, kind TEXT NOT NULL, value TEXT NOT NULL, day TEXT NOT NULL,
                 trades INTEGER NOT NULL, wins INTEGER NOT NULL, losses INTEGER NOT NULL,
-                net TEXT NOT NULL, PRIMARY KEY (currency, kind, value, day))"""
+                net TEXT NOT NULL, through INTEGER NOT NULL,
+                PRIMARY KEY (currency, kind, value, day))"""
         )
         conn.execute(
             """CREATE TABLE IF NOT EXISTS performance_closes (
@@ -177,7 +195,7 @@ class Performance(TableProjection):
             "CREATE INDEX IF NOT EXISTS performance_closes_by_time "
             "ON performance_closes (currency, closed_at, position)"
         )
-        decoder = msgspec.msgpack.Decoder(_Stats)
+        decoder = msgspec.json.Decoder(_Stats)
         self._stats = {}
         for currency, kind, value, state in conn.execute(
             "SELECT currency, kind, value, state FROM performance_stats"
@@ -246,7 +264,11 @@ class Performance(TableProjection):
             else:
                 stats.reorder = True
             self._dirty.add(key)
-            self._days.add((currency, kind, value, day))
+            closes = self._days.get((currency, kind, value, day))
+            if closes is None:
+                self._days[(currency, kind, value, day)] = [(position, net)]
+            else:
+                closes.append((position, net))
 
     @property
     def settled(self) -> bool:
@@ -256,53 +278,26 @@ class Performance(TableProjection):
 
     def take(self) -> Callable[[sqlite3.Connection], None]:
         closes, self._closes = self._closes, []
-        days, self._days = self._days, set()
+        days, self._days = self._days, {}
         dirty, self._dirty = self._dirty, set()
-        encoder = msgspec.msgpack.Encoder()
+        encoder = msgspec.json.Encoder()
         reordered = [self._stats[key] for key in dirty if self._stats[key].reorder]
         ready = [
-            (*key, encoder.encode(self._stats[key]))
+            (*key, encoder.encode(self._stats[key]).decode())
             for key in dirty
             if not self._stats[key].reorder
         ]
 
         def write(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "INSERT OR REPLACE INTO performance_closes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                closes,
-            )
-            # A day's row is recomputed from its closes, never incremented: the closes
-            # are keyed by position, so a flush repeated by another process that
-            # follows the same file writes the same rows instead of counting twice.
-            for currency, kind, value, day in days:
-                following = (dt.date.fromisoformat(day) + dt.timedelta(days=1)).isoformat()
-                sql = (
-                    "SELECT net FROM performance_closes "
-                    "WHERE currency = ? AND closed_at >= ? AND closed_at < ?"
-                )
-                params: list[Any] = [currency, day, following]
-                if kind != ALL:
-                    sql += f" AND {kind} = ?"  # kind is one of GROUPS, never user text
-                    params.append(value)
-                nets = [Decimal(net) for (net,) in conn.execute(sql, params)]
-                conn.execute(
-                    "INSERT OR REPLACE INTO performance_daily VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        currency,
-                        kind,
-                        value,
-                        day,
-                        len(nets),
-                        sum(1 for n in nets if n > 0),
-                        sum(1 for n in nets if n < 0),
-                        str(_exact_sum(nets)),
-                    ),
-                )
+            insert_rows(conn, "performance_closes", _CLOSE_COLUMNS, closes)
+            insert_rows(conn, "performance_daily", _DAY_COLUMNS, _day_rows(conn, days))
             rows = list(ready)
             for stats in reordered:
                 self._replay_path(conn, stats)
-                rows.append((stats.currency, stats.kind, stats.value, encoder.encode(stats)))
-            conn.executemany("INSERT OR REPLACE INTO performance_stats VALUES (?, ?, ?, ?)", rows)
+                rows.append(
+                    (stats.currency, stats.kind, stats.value, encoder.encode(stats).decode())
+                )
+            insert_rows(conn, "performance_stats", ("currency", "kind", "value", "state"), rows)
 
         return write
 
@@ -426,11 +421,40 @@ class Performance(TableProjection):
             )
 
 
-def _exact_sum(values: Iterable[Decimal]) -> Decimal:
-    total = _ZERO
-    for value in values:
-        total = CONTEXT.add(total, value)
-    return total
+def _day_rows(
+    conn: sqlite3.Connection, days: dict[tuple[str, str, str, str], list[tuple[int, Decimal]]]
+) -> list[tuple[Any, ...]]:
+    """Each day's row with its new closes (position, net; in log order) folded in.
+
+    ``through`` is the position of the last close a row counts: closes at or
+    before it are skipped, so a flush repeated by another process that follows
+    the same file leaves the row as it was instead of counting twice. The rows
+    are read in one statement (one step: see ``insert_rows``).
+    """
+    if not days:
+        return []
+    (found,) = conn.execute(
+        "SELECT json_group_array(json_array(d.currency, d.kind, d.value, d.day, "
+        "d.trades, d.wins, d.losses, d.net, d.through)) "
+        "FROM json_each(?) AS k JOIN performance_daily AS d ON d.currency = k.value ->> 0 "
+        "AND d.kind = k.value ->> 1 AND d.value = k.value ->> 2 AND d.day = k.value ->> 3",
+        (msgspec.json.encode(list(days)),),
+    ).fetchone()
+    stored = {tuple(row[:4]): row[4:] for row in msgspec.json.decode(found)}
+    rows = []
+    for key, closes in days.items():
+        trades, wins, losses, net_text, through = stored.get(key, (0, 0, 0, "0", 0))
+        net = Decimal(net_text)
+        for position, amount in closes:
+            if position <= through:
+                continue
+            trades += 1
+            wins += amount > 0
+            losses += amount < 0
+            net = CONTEXT.add(net, amount)
+            through = position
+        rows.append((*key, trades, wins, losses, str(net), through))
+    return rows
 
 
 def _calendar(found: Iterable[str]) -> list[dt.date]:

@@ -12,7 +12,7 @@ import msgspec
 
 from ledger.chain import timestamp
 from ledger.events import SignalEmitted, TradeOpened
-from ledger.projection import Step, TableProjection
+from ledger.projection import Step, TableProjection, insert_rows
 
 
 class Signal(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,7 +59,7 @@ class Signals(TableProjection):
     tables = ("signals",)
 
     def __init__(self) -> None:
-        self._rows: list[tuple[Any, ...]] = []
+        self._rows: dict[str, list[Any]] = {}  # by signal id, until the next flush
         self._links: list[tuple[str, str]] = []
 
     def setup(self, conn: sqlite3.Connection) -> None:
@@ -76,40 +76,55 @@ class Signals(TableProjection):
     def apply(self, step: Step) -> None:
         event = step.event
         if isinstance(event, SignalEmitted):
-            self._rows.append(
-                (
-                    event.signal_id,
-                    step.record.position,
-                    timestamp(event.occurred_at),
-                    event.symbol,
-                    event.side,
-                    event.timeframe,
-                    _text(event.confidence),
-                    _text(event.entry_price),
-                    _text(event.stop_price),
-                    _text(event.target_price),
-                    event.strategy,
-                    event.model,
-                    event.session,
-                    event.pattern,
-                    None,
-                )
-            )
+            self._rows[event.signal_id] = [
+                event.signal_id,
+                step.record.position,
+                timestamp(event.occurred_at),
+                event.symbol,
+                event.side,
+                event.timeframe,
+                _text(event.confidence),
+                _text(event.entry_price),
+                _text(event.stop_price),
+                _text(event.target_price),
+                event.strategy,
+                event.model,
+                event.session,
+                event.pattern,
+                None,
+            ]
         elif isinstance(event, TradeOpened) and event.signal_id is not None:
-            self._links.append((event.trade_id, event.signal_id))
+            row = self._rows.get(event.signal_id)
+            if row is not None and row[-1] is None:
+                row[-1] = event.trade_id  # the signal is not written yet: write it linked
+            else:
+                self._links.append((event.trade_id, event.signal_id))
 
     def take(self) -> Callable[[sqlite3.Connection], None]:
-        rows, self._rows = self._rows, []
-        links, self._links = self._links, []
+        rows, self._rows = list(self._rows.values()), {}
+        links: dict[str, str] = {}
+        for trade_id, signal_id in self._links:
+            links.setdefault(signal_id, trade_id)  # the first trade from a signal is its link
+        self._links = []
 
         def write(conn: sqlite3.Connection) -> None:
-            marks = ", ".join("?" * len(_COLUMNS))
             # a signal's row never changes but for its link: a process that follows the
             # same file and writes it again must not undo another's link
-            conn.executemany(f"INSERT OR IGNORE INTO signals VALUES ({marks})", rows)
-            conn.executemany(
-                "UPDATE signals SET trade_id = ? WHERE signal_id = ? AND trade_id IS NULL", links
+            insert_rows(
+                conn,
+                "signals",
+                _COLUMNS,
+                rows,
+                verb="INSERT",
+                conflict="ON CONFLICT (signal_id) DO UPDATE "
+                "SET trade_id = coalesce(signals.trade_id, excluded.trade_id)",
             )
+            if links:
+                conn.execute(
+                    "UPDATE signals SET trade_id = link.value ->> 0 FROM json_each(?) AS link "
+                    "WHERE signal_id = link.value ->> 1 AND trade_id IS NULL",
+                    (msgspec.json.encode([(t, s) for s, t in links.items()]),),
+                )
 
         return write
 
