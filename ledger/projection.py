@@ -108,6 +108,9 @@ class TableProjection(_Projection):
     """A view stored as rows in the read model, queried with SQL."""
 
     tables: ClassVar[tuple[str, ...]] = ()
+    # A view that costs much per record can be folded by a second process during a
+    # large rebuild (see Runner.rebuild); it must pickle and import there.
+    apart: ClassVar[bool] = False
     db: ReadModel
 
     @abc.abstractmethod
@@ -134,6 +137,12 @@ class TableProjection(_Projection):
     def settled(self) -> bool:
         """False while the next write must finish before ``apply`` may go on."""
         return True
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a view travels to another process (a parallel rebuild) without its read model
+        state = dict(self.__dict__)
+        state.pop("db", None)
+        return state
 
     def flush(self, conn: sqlite3.Connection) -> None:
         """Write what ``apply`` buffered, now."""

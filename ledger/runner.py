@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import pickle
 import sqlite3
+import sys
 from collections.abc import AsyncIterable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -123,6 +125,7 @@ class Runner:
         self._log = structlog.get_logger("tradeledger")
         self.restored: dict[str, int] = {}
         self.replayed = 0
+        self.parallel_from = 50_000  # records: below it, a second process costs more than it saves
 
     @property
     def active(self) -> bool:
@@ -251,7 +254,8 @@ class Runner:
         # After open, every view stands at the same position: skip the per-view check.
         uneven = self._ahead >= position
         for projection in self.projections:
-            if projection.faulted is not None or (uneven and self._at[projection.name] >= position):
+            # the attribute, not the ``faulted`` property: this runs per record per view
+            if projection._fault is not None or (uneven and self._at[projection.name] >= position):
                 continue
             try:
                 projection.apply(step)
@@ -385,15 +389,84 @@ class Runner:
         self._ahead = 0
         self.position, self.hash = 0, GENESIS
 
-    async def rebuild(self, progress: Callable[[int, int], None] | None = None) -> None:
-        """Every view from position 1; ``progress(done, total)`` is told along the way."""
+    async def rebuild(
+        self, progress: Callable[[int, int], None] | None = None, *, url: str | None = None
+    ) -> None:
+        """Every view from position 1; ``progress(done, total)`` is told along the way.
+
+        With the ledger's ``url`` (SQLite) and a log of ``parallel_from``
+        records or more, the table views marked ``apart`` are folded by a
+        second process (``ledger.worker``) while this one folds the others.
+        """
         if not self.active:
             return
         async with self._lock:
             await self._reset_all()
             head = await self.store.head()
-            await self._catch_up(head.position, progress)
+            elsewhere = None
+            if (
+                url is not None
+                and url.startswith("sqlite:")
+                and head.position >= self.parallel_from
+            ):
+                elsewhere = await self._start_elsewhere(url)
+            if elsewhere is None:
+                await self._catch_up(head.position, progress)
+                await self.checkpoint()
+                return
+            process, tables = elsewhere
+            everything = self.projections, self.tables
+            self.projections = [p for p in self.projections if p not in tables]
+            self.tables = [t for t in self.tables if t not in tables]
+            try:
+                await self._catch_up(head.position, progress)
+                await self.checkpoint()
+                _, errors = await process.communicate()
+            except BaseException:
+                process.kill()
+                raise
+            finally:
+                self.projections, self.tables = everything
+            self._log.info(
+                "rebuild_apart", views=[t.name for t in tables], code=process.returncode
+            )
+            if process.returncode:
+                self._log.error(
+                    "rebuild_process_failed",
+                    code=process.returncode,
+                    error=errors.decode(errors="replace")[-2000:],
+                )
+            # Take the tables wherever the second process left them; a view it did
+            # not finish is caught up here, from its stored position.
+            await self.open()
             await self.checkpoint()
+
+    async def _start_elsewhere(
+        self, url: str
+    ) -> tuple[asyncio.subprocess.Process, list[TableProjection]] | None:
+        """Start ``ledger.worker`` on the views marked ``apart``, or None if there are
+        none or they cannot travel."""
+        tables = [t for t in self.tables if t.apart and not t.faulted]
+        if not tables:
+            return None
+        try:
+            payload = pickle.dumps((url, tables, getattr(self.store, "timeout", 5.0)))
+        except Exception as e:  # a view defined where another process cannot import it
+            self._log.info("rebuild_in_one_process", reason=str(e))
+            return None
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ledger.worker",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert process.stdin is not None
+        process.stdin.write(payload)
+        await process.stdin.drain()
+        process.stdin.close()
+        return process, tables
 
     async def replay(self, records: AsyncIterable[Record]) -> dict[str, str]:
         """Fold a cut of the log (records in log order, gaps allowed) into fresh views.

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
 from decimal import Decimal
 
 import msgspec
@@ -67,8 +68,12 @@ RATIO = decimal.Context(
 _ZERO = Decimal(0)
 
 
-class TradeState(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything the log says about one trade, as of its last event."""
+class TradeState(msgspec.Struct, frozen=True, kw_only=True, dict=True):
+    """Everything the log says about one trade, as of its last event.
+
+    The figures (net, R, ...) are computed once per state and kept: a state
+    never changes, and several views ask for the same figures of a close.
+    """
 
     trade_id: str
     symbol: str
@@ -116,48 +121,48 @@ class TradeState(msgspec.Struct, frozen=True, kw_only=True):
         """+1 for long, -1 for short."""
         return 1 if self.side == "long" else -1
 
-    @property
+    @functools.cached_property
     def average_entry(self) -> Decimal:
         """C/Q while open; the average entry of all entry fills once closed."""
         if self.quantity:
             return RATIO.divide(self.cost, self.quantity)
         return RATIO.divide(self.entry_cost, self.entry_quantity)
 
-    @property
+    @functools.cached_property
     def average_exit(self) -> Decimal | None:
         """The quantity-weighted average exit price, None before any exit."""
         if not self.exit_quantity:
             return None
         return RATIO.divide(self.exit_value, self.exit_quantity)
 
-    @property
+    @functools.cached_property
     def net(self) -> Decimal:
         """Realized net so far: gross - fees + funding."""
         return CONTEXT.add(CONTEXT.subtract(self.gross, self.fees), self.funding)
 
-    @property
+    @functools.cached_property
     def invested(self) -> Decimal:
         """The sum over entry fills of q*p*m."""
         return CONTEXT.multiply(self.entry_cost, self.multiplier)
 
-    @property
+    @functools.cached_property
     def margin_used(self) -> Decimal:
         """The margin given at the open, else invested / leverage."""
         if self.margin is not None:
             return self.margin
         return RATIO.divide(self.invested, self.leverage)
 
-    @property
+    @functools.cached_property
     def return_fraction(self) -> Decimal:
         """net / invested."""
         return RATIO.divide(self.net, self.invested)
 
-    @property
+    @functools.cached_property
     def roe(self) -> Decimal:
         """net / margin."""
         return RATIO.divide(self.net, self.margin_used)
 
-    @property
+    @functools.cached_property
     def initial_risk(self) -> Decimal | None:
         """q0*m*|price0 - stop0| from the open; None without an initial stop."""
         if self.initial_stop is None:
@@ -165,7 +170,7 @@ class TradeState(msgspec.Struct, frozen=True, kw_only=True):
         spread = CONTEXT.abs(CONTEXT.subtract(self.initial_price, self.initial_stop))
         return CONTEXT.multiply(CONTEXT.multiply(self.initial_quantity, self.multiplier), spread)
 
-    @property
+    @functools.cached_property
     def r_multiple(self) -> Decimal | None:
         """net / initial risk; None without an initial stop or with zero risk."""
         risk = self.initial_risk
@@ -179,7 +184,7 @@ class TradeState(msgspec.Struct, frozen=True, kw_only=True):
         net = self.net
         return "win" if net > 0 else "loss" if net < 0 else "breakeven"
 
-    @property
+    @functools.cached_property
     def holding_seconds(self) -> Decimal | None:
         """Open to close in seconds; None while open."""
         if self.closed_at is None:

@@ -144,6 +144,7 @@ class Performance(TableProjection):
     name = "performance"
     version = 2
     tables = ("performance_stats", "performance_daily", "performance_closes")
+    apart = True  # the costliest views: a large rebuild folds them in a second process
 
     def __init__(self, *, starting_equity: Decimal = _ZERO, annualization_days: int = 365) -> None:
         if not isinstance(starting_equity, Decimal) or not starting_equity.is_finite():
@@ -217,7 +218,6 @@ class Performance(TableProjection):
         closed_at = timestamp(trade.closed_at)
         day = closed_at[:10]
         holding = trade.holding_seconds or _ZERO
-        win, loss = int(net > 0), int(net < 0)
         groups = keys(trade)
         self._closes.append(
             (
@@ -231,42 +231,43 @@ class Performance(TableProjection):
         )
         add = CONTEXT.add
         r_square = CONTEXT.multiply(r, r) if r is not None else _ZERO
-        currency, start = trade.currency, self.starting_equity
+        currency, start, all_stats = trade.currency, self.starting_equity, self._stats
         for kind, value in groups:
             key = (currency, kind, value)
-            stats = self._stats.get(key)
+            stats = all_stats.get(key)
             if stats is None:
-                stats = self._stats[key] = _Stats(currency=currency, kind=kind, value=value)
+                stats = all_stats[key] = _Stats(currency=currency, kind=kind, value=value)
             stats.trades += 1
-            stats.wins += win
-            stats.losses += loss
-            stats.breakevens += 1 - win - loss
             stats.net = add(stats.net, net)
-            if win:
+            if net > 0:
+                stats.wins += 1
                 stats.gross_profit = add(stats.gross_profit, net)
                 if stats.largest_win is None or net > stats.largest_win:
                     stats.largest_win = net
-            elif loss:
+            elif net < 0:
+                stats.losses += 1
                 stats.gross_loss = add(stats.gross_loss, net)
                 if stats.largest_loss is None or net < stats.largest_loss:
                     stats.largest_loss = net
+            else:
+                stats.breakevens += 1
             if r is not None:
                 stats.r_count += 1
                 stats.r_sum = add(stats.r_sum, r)
                 stats.r_squares = add(stats.r_squares, r_square)
             stats.holding_seconds = add(stats.holding_seconds, holding)
-            if not stats.reorder and (closed_at, position) >= (
-                stats.last_close,
-                stats.last_position,
+            if not stats.reorder and (
+                closed_at > stats.last_close
+                or (closed_at == stats.last_close and position >= stats.last_position)
             ):
                 _path_step(stats, start, net, stats.net)
                 stats.last_close, stats.last_position = closed_at, position
             else:
                 stats.reorder = True
             self._dirty.add(key)
-            closes = self._days.get((currency, kind, value, day))
+            closes = self._days.get((*key, day))
             if closes is None:
-                self._days[(currency, kind, value, day)] = [(position, net)]
+                self._days[(*key, day)] = [(position, net)]
             else:
                 closes.append((position, net))
 

@@ -24,5 +24,5 @@ async def rebuild(
     async with open_ledger(url, create=False) as book:
         store = book.store
         runner = Runner(store, store.read_model(), projections, clock=book.clock)
-        await runner.rebuild(progress)
+        await runner.rebuild(progress, url=url)
         return runner.position

@@ -1,0 +1,35 @@
+"""The second process of a large rebuild: it folds the table projections.
+
+A rebuild of a long log is bound by one core: the event loop's thread reads,
+decodes and folds every record for every view. So :meth:`Runner.rebuild`
+hands the table projections (history-shaped views, stored in SQLite) to this
+process, which opens the same ledger with only those views and catches them up
+from position 1, while the parent folds the state views. Each side stores its
+views with their positions, as any open does; the parent then reopens its
+runner, which picks the tables up wherever this process left them.
+
+    python -m ledger.worker < pickled (url, projections, timeout)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import sys
+
+from ledger.book import open_ledger
+from ledger.projection import TableProjection
+
+
+async def _run(url: str, projections: list[TableProjection], timeout: float) -> None:
+    async with open_ledger(url, projections, timeout=timeout, create=False):
+        pass  # opening catches the views up to the head; closing stores them
+
+
+def main() -> None:
+    url, projections, timeout = pickle.loads(sys.stdin.buffer.read())
+    asyncio.run(_run(url, projections, timeout))
+
+
+if __name__ == "__main__":
+    main()
