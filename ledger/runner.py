@@ -197,6 +197,16 @@ class Runner:
         rows = conn.execute("SELECT name, identity, position, hash FROM projection_positions")
         return {name: (identity, position, digest_) for name, identity, position, digest_ in rows}
 
+    def _drop_indexes(self, conn: sqlite3.Connection) -> None:
+        names = [name for table in self.tables for name in table.tables]
+        rows = conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
+            f"AND tbl_name IN ({', '.join('?' * len(names))})",
+            names,
+        ).fetchall()
+        for (name,) in rows:
+            conn.execute(f'DROP INDEX "{name}"')
+
     def _reset_tables(self, conn: sqlite3.Connection, tables: Sequence[TableProjection]) -> None:
         for table in tables:
             table.discard()
@@ -402,6 +412,9 @@ class Runner:
             return
         async with self._lock:
             await self._reset_all()
+            # Fill the tables without their indexes and build these at the end
+            # (setup makes them): one sort is cheaper than a B-tree insert per row.
+            await self.read_model.transact(self._drop_indexes, durable=False)
             head = await self.store.head()
             elsewhere = None
             if (
@@ -412,6 +425,7 @@ class Runner:
                 elsewhere = await self._start_elsewhere(url)
             if elsewhere is None:
                 await self._catch_up(head.position, progress)
+                await self.read_model.transact(self._setup_tables, durable=False)
                 await self.checkpoint()
                 return
             process, tables = elsewhere
@@ -427,9 +441,7 @@ class Runner:
                 raise
             finally:
                 self.projections, self.tables = everything
-            self._log.info(
-                "rebuild_apart", views=[t.name for t in tables], code=process.returncode
-            )
+            self._log.info("rebuild_apart", views=[t.name for t in tables], code=process.returncode)
             if process.returncode:
                 self._log.error(
                     "rebuild_process_failed",

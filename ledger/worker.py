@@ -3,10 +3,10 @@
 A rebuild of a long log is bound by one core: the event loop's thread reads,
 decodes and folds every record for every view. So :meth:`Runner.rebuild`
 hands the table projections (history-shaped views, stored in SQLite) to this
-process, which opens the same ledger with only those views and catches them up
-from position 1, while the parent folds the state views. Each side stores its
-views with their positions, as any open does; the parent then reopens its
-runner, which picks the tables up wherever this process left them.
+process, which opens the same ledger and rebuilds only those views, while the
+parent folds the others. Each side stores its views with their positions; the
+parent then reopens its runner, which takes the tables up wherever this
+process left them.
 
     python -m ledger.worker < pickled (url, projections, timeout)
 """
@@ -19,11 +19,13 @@ import sys
 
 from ledger.book import open_ledger
 from ledger.projection import TableProjection
+from ledger.runner import Runner
 
 
 async def _run(url: str, projections: list[TableProjection], timeout: float) -> None:
-    async with open_ledger(url, projections, timeout=timeout, create=False):
-        pass  # opening catches the views up to the head; closing stores them
+    async with open_ledger(url, timeout=timeout, create=False) as book:
+        store = book.store
+        await Runner(store, store.read_model(), projections, clock=book.clock).rebuild()
 
 
 def main() -> None:

@@ -16,6 +16,9 @@ import decimal
 import sqlite3
 from collections.abc import Callable, Iterable
 from decimal import Decimal
+from functools import reduce
+from itertools import accumulate, groupby
+from operator import le
 from typing import Any
 
 import msgspec
@@ -113,25 +116,85 @@ class _Stats(msgspec.Struct, kw_only=True):
     reorder: bool = False
 
 
-def _path_step(stats: _Stats, start: Decimal, net: Decimal, cumulative: Decimal) -> None:
-    """Advance the equity path by one close whose cumulative net is ``cumulative``."""
-    equity = CONTEXT.add(start, cumulative)
-    if stats.peak is None:
-        stats.peak = start  # the peak is seeded at the starting equity
-    if equity > stats.peak:
-        stats.peak = equity
-    drawdown = CONTEXT.subtract(stats.peak, equity)
-    if drawdown > stats.max_drawdown:
-        stats.max_drawdown = drawdown
-    if start > 0 and stats.peak > 0:
-        fraction = RATIO.divide(drawdown, stats.peak)
+class _Close(msgspec.Struct, frozen=True, array_like=True):
+    """What the running figures need of one close."""
+
+    position: int
+    closed_at: str  # timestamp text: orders closes and names the day
+    net: Decimal
+    r: Decimal | None
+    r_square: Decimal
+    holding: Decimal
+
+
+def _path(stats: _Stats, start: Decimal, nets: list[Decimal], cumulative: list[Decimal]) -> None:
+    """Advance the equity path by closes in close-time order: their nets, and the
+    cumulative net after each. The peak is seeded at the starting equity."""
+    equities = [CONTEXT.add(start, total) for total in cumulative]
+    peaks = list(accumulate(equities, max, initial=start if stats.peak is None else stats.peak))
+    del peaks[0]
+    drawdowns = list(map(CONTEXT.subtract, peaks, equities))
+    worst = max(drawdowns)
+    if worst > stats.max_drawdown:
+        stats.max_drawdown = worst
+    if start > 0:  # then every peak is too
+        fraction = max(map(RATIO.divide, drawdowns, peaks))
         if stats.max_drawdown_pct is None or fraction > stats.max_drawdown_pct:
             stats.max_drawdown_pct = fraction
-    if net < 0:
-        stats.streak += 1
-        stats.longest_losing_streak = max(stats.longest_losing_streak, stats.streak)
+    streak, longest = stats.streak, stats.longest_losing_streak
+    for net in nets:
+        if net < 0:
+            streak += 1
+            longest = max(longest, streak)
+        else:
+            streak = 0
+    stats.peak, stats.streak, stats.longest_losing_streak = peaks[-1], streak, longest
+
+
+def _fold(stats: _Stats, closes: list[_Close], start: Decimal) -> None:
+    """Fold one group's new closes (in log order) into its running figures.
+
+    A group at a time, not a close at a time: the sums run in C (``reduce``,
+    ``accumulate``) and a close costs a few list items per group.
+    """
+    add = CONTEXT.add
+    nets = [close.net for close in closes]
+    wins = [net for net in nets if net > 0]
+    losses = [net for net in nets if net < 0]
+    stats.trades += len(nets)
+    stats.wins += len(wins)
+    stats.losses += len(losses)
+    stats.breakevens += len(nets) - len(wins) - len(losses)
+    if wins:
+        stats.gross_profit = reduce(add, wins, stats.gross_profit)
+        best = max(wins)
+        if stats.largest_win is None or best > stats.largest_win:
+            stats.largest_win = best
+    if losses:
+        stats.gross_loss = reduce(add, losses, stats.gross_loss)
+        worst = min(losses)
+        if stats.largest_loss is None or worst < stats.largest_loss:
+            stats.largest_loss = worst
+    rs = [close.r for close in closes if close.r is not None]
+    if rs:
+        stats.r_count += len(rs)
+        stats.r_sum = reduce(add, rs, stats.r_sum)
+        squares = [close.r_square for close in closes if close.r is not None]
+        stats.r_squares = reduce(add, squares, stats.r_squares)
+    stats.holding_seconds = reduce(add, [close.holding for close in closes], stats.holding_seconds)
+    cumulative = list(accumulate(nets, add, initial=stats.net))
+    del cumulative[0]
+    stats.net = cumulative[-1]
+    if stats.reorder:
+        return
+    order = [(close.closed_at, close.position) for close in closes]
+    if order[0] >= (stats.last_close, stats.last_position) and all(map(le, order, order[1:])):
+        _path(stats, start, nets, cumulative)
+        stats.last_close, stats.last_position = order[-1]
     else:
-        stats.streak = 0
+        # a close earlier than one already counted: the path is recomputed from
+        # the group's closes in close-time order when the view is written
+        stats.reorder = True
 
 
 class Performance(TableProjection):
@@ -160,6 +223,7 @@ class Performance(TableProjection):
         self._stats: dict[tuple[str, str, str], _Stats] = {}
         self._dirty: set[tuple[str, str, str]] = set()
         self._closes: list[tuple[Any, ...]] = []
+        self._pending: list[tuple[TradeState, int]] = []  # closes not yet in the figures
         self._days: dict[tuple[str, str, str, str], list[tuple[int, Decimal]]] = {}
 
     def settings(self) -> dict[str, Any]:
@@ -209,75 +273,62 @@ class Performance(TableProjection):
             return
         if step.before is not None and step.before.closed_at is not None:
             return
-        self._close(trade, step.record.position)
+        self._pending.append((trade, step.record.position))
 
-    def _close(self, trade: TradeState, position: int) -> None:
-        assert trade.closed_at is not None
-        net = trade.net
-        r = trade.r_multiple
-        closed_at = timestamp(trade.closed_at)
-        day = closed_at[:10]
-        holding = trade.holding_seconds or _ZERO
-        groups = keys(trade)
-        self._closes.append(
-            (
+    def _settle(self) -> None:
+        """Fold the closes applied since the last call into the figures, by group."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        by_group: dict[tuple[str, str, str], list[_Close]] = {}
+        for trade, position in pending:
+            assert trade.closed_at is not None
+            r = trade.r_multiple
+            close = _Close(
                 position,
-                trade.trade_id,
-                trade.currency,
-                *(value for _, value in groups[1:]),
-                closed_at,
-                str(net),
+                timestamp(trade.closed_at),
+                trade.net,
+                r,
+                _ZERO if r is None else CONTEXT.multiply(r, r),
+                trade.holding_seconds or _ZERO,
             )
-        )
-        add = CONTEXT.add
-        r_square = CONTEXT.multiply(r, r) if r is not None else _ZERO
-        currency, start, all_stats = trade.currency, self.starting_equity, self._stats
-        for kind, value in groups:
-            key = (currency, kind, value)
-            stats = all_stats.get(key)
+            groups = keys(trade)
+            self._closes.append(
+                (
+                    position,
+                    trade.trade_id,
+                    trade.currency,
+                    *(value for _, value in groups[1:]),
+                    close.closed_at,
+                    str(close.net),
+                )
+            )
+            for kind, value in groups:
+                found = by_group.get((trade.currency, kind, value))
+                if found is None:
+                    by_group[(trade.currency, kind, value)] = [close]
+                else:
+                    found.append(close)
+        for key, closes in by_group.items():
+            stats = self._stats.get(key)
             if stats is None:
-                stats = all_stats[key] = _Stats(currency=currency, kind=kind, value=value)
-            stats.trades += 1
-            stats.net = add(stats.net, net)
-            if net > 0:
-                stats.wins += 1
-                stats.gross_profit = add(stats.gross_profit, net)
-                if stats.largest_win is None or net > stats.largest_win:
-                    stats.largest_win = net
-            elif net < 0:
-                stats.losses += 1
-                stats.gross_loss = add(stats.gross_loss, net)
-                if stats.largest_loss is None or net < stats.largest_loss:
-                    stats.largest_loss = net
-            else:
-                stats.breakevens += 1
-            if r is not None:
-                stats.r_count += 1
-                stats.r_sum = add(stats.r_sum, r)
-                stats.r_squares = add(stats.r_squares, r_square)
-            stats.holding_seconds = add(stats.holding_seconds, holding)
-            if not stats.reorder and (
-                closed_at > stats.last_close
-                or (closed_at == stats.last_close and position >= stats.last_position)
-            ):
-                _path_step(stats, start, net, stats.net)
-                stats.last_close, stats.last_position = closed_at, position
-            else:
-                stats.reorder = True
+                stats = self._stats[key] = _Stats(currency=key[0], kind=key[1], value=key[2])
+            _fold(stats, closes, self.starting_equity)
             self._dirty.add(key)
-            closes = self._days.get((*key, day))
-            if closes is None:
-                self._days[(*key, day)] = [(position, net)]
-            else:
-                closes.append((position, net))
+            for day, of_day in groupby(closes, key=_day):
+                self._days.setdefault((*key, day), []).extend(
+                    (close.position, close.net) for close in of_day
+                )
 
     @property
     def settled(self) -> bool:
         # recomputing a reordered equity path reads the closes table and changes
         # the in-memory stats: apply must wait for that write
+        self._settle()
         return not any(self._stats[key].reorder for key in self._dirty)
 
     def take(self) -> Callable[[sqlite3.Connection], None]:
+        self._settle()
         closes, self._closes = self._closes, []
         days, self._days = self._days, {}
         dirty, self._dirty = self._dirty, set()
@@ -310,17 +361,16 @@ class Performance(TableProjection):
             params.append(stats.value)
         stats.peak, stats.max_drawdown, stats.max_drawdown_pct = None, _ZERO, None
         stats.streak = stats.longest_losing_streak = 0
-        cumulative = _ZERO
-        with decimal.localcontext(CONTEXT):
-            for position, closed_at, net_text in conn.execute(
-                f"SELECT position, closed_at, net FROM performance_closes WHERE {where} "
-                "ORDER BY closed_at, position",
-                params,
-            ):
-                net = Decimal(net_text)
-                cumulative += net
-                _path_step(stats, self.starting_equity, net, cumulative)
-                stats.last_close, stats.last_position = closed_at, position
+        rows = conn.execute(
+            f"SELECT position, closed_at, net FROM performance_closes WHERE {where} "
+            "ORDER BY closed_at, position",
+            params,
+        ).fetchall()
+        if rows:
+            nets = [Decimal(net) for _, _, net in rows]
+            cumulative = list(accumulate(nets, CONTEXT.add))
+            _path(stats, self.starting_equity, nets, cumulative)
+            stats.last_position, stats.last_close = rows[-1][0], rows[-1][1]
         stats.reorder = False
 
     # queries
@@ -331,6 +381,7 @@ class Performance(TableProjection):
         """The figures per currency, or per (group, currency) with ``group_by``."""
         self.ready()
         kind = check_group(group_by)
+        self._settle()
         chosen = sorted(
             (s for s in self._stats.values() if s.kind == kind and currency in (None, s.currency)),
             key=lambda s: (s.currency, s.value),
@@ -456,6 +507,10 @@ def _day_rows(
             through = position
         rows.append((*key, trades, wins, losses, str(net), through))
     return rows
+
+
+def _day(close: _Close) -> str:
+    return close.closed_at[:10]
 
 
 def _calendar(found: Iterable[str]) -> list[dt.date]:

@@ -7,8 +7,10 @@ is caught up from its stored position by the runner itself.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sqlite3
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
@@ -83,6 +85,12 @@ def logs() -> Iterator[list[MutableMapping[str, Any]]]:
         structlog.configure(**kept)
 
 
+def indexes(url: str) -> list[str]:
+    with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY name")
+        return [name for (name,) in rows]
+
+
 async def rebuilt(
     url: str, projections: list[Any], parallel_from: int
 ) -> tuple[dict[str, Any], int]:
@@ -105,14 +113,18 @@ def test_a_rebuild_in_two_processes_equals_the_views_kept_record_by_record(
         async with open_ledger(sqlite_url, standard(), checkpoint_every=7) as book:
             await record_all(book, history(40))
             expected = await views(book)
+        built = indexes(sqlite_url)
+        assert "trade_history_by_net" in built
         found, again = await rebuilt(sqlite_url, standard(), parallel_from=0)
         assert_same_views(found, expected, "after a rebuild in two processes")
         assert again == 0
+        assert indexes(sqlite_url) == built  # dropped for the fill, made again after
         (started,) = [log for log in logs if log["event"] == "rebuild_apart"]
         assert started["views"] == ["performance", "trade_history"]
         assert started["code"] == 0
         found, _ = await rebuilt(sqlite_url, standard(), 10**9)
         assert_same_views(found, expected, "in one process")
+        assert indexes(sqlite_url) == built
         assert [log for log in logs if log["event"] == "rebuild_apart"] == [started]
 
     run(go())
