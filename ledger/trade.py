@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import functools
+from collections.abc import Callable
 from decimal import Decimal
+from typing import Any, Generic, TypeVar, overload
 
 import msgspec
 
@@ -66,6 +67,31 @@ RATIO = decimal.Context(
 )
 
 _ZERO = Decimal(0)
+
+T = TypeVar("T")
+
+
+class _once(Generic[T]):
+    """A property computed on first use and kept in the instance's ``__dict__``,
+    where later reads find it first. ``functools.cached_property`` does the same
+    but takes a lock on every first use on Python 3.11."""
+
+    def __init__(self, compute: Callable[[Any], T]) -> None:
+        self.compute = compute
+        self.name = compute.__name__
+        self.__doc__ = compute.__doc__
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any]) -> _once[T]: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type[Any]) -> T: ...
+
+    def __get__(self, instance: object, owner: type[Any]) -> T | _once[T]:
+        if instance is None:
+            return self
+        value = instance.__dict__[self.name] = self.compute(instance)
+        return value
 
 
 class TradeState(msgspec.Struct, frozen=True, kw_only=True, dict=True):
@@ -121,48 +147,48 @@ class TradeState(msgspec.Struct, frozen=True, kw_only=True, dict=True):
         """+1 for long, -1 for short."""
         return 1 if self.side == "long" else -1
 
-    @functools.cached_property
+    @_once
     def average_entry(self) -> Decimal:
         """C/Q while open; the average entry of all entry fills once closed."""
         if self.quantity:
             return RATIO.divide(self.cost, self.quantity)
         return RATIO.divide(self.entry_cost, self.entry_quantity)
 
-    @functools.cached_property
+    @_once
     def average_exit(self) -> Decimal | None:
         """The quantity-weighted average exit price, None before any exit."""
         if not self.exit_quantity:
             return None
         return RATIO.divide(self.exit_value, self.exit_quantity)
 
-    @functools.cached_property
+    @_once
     def net(self) -> Decimal:
         """Realized net so far: gross - fees + funding."""
         return CONTEXT.add(CONTEXT.subtract(self.gross, self.fees), self.funding)
 
-    @functools.cached_property
+    @_once
     def invested(self) -> Decimal:
         """The sum over entry fills of q*p*m."""
         return CONTEXT.multiply(self.entry_cost, self.multiplier)
 
-    @functools.cached_property
+    @_once
     def margin_used(self) -> Decimal:
         """The margin given at the open, else invested / leverage."""
         if self.margin is not None:
             return self.margin
         return RATIO.divide(self.invested, self.leverage)
 
-    @functools.cached_property
+    @_once
     def return_fraction(self) -> Decimal:
         """net / invested."""
         return RATIO.divide(self.net, self.invested)
 
-    @functools.cached_property
+    @_once
     def roe(self) -> Decimal:
         """net / margin."""
         return RATIO.divide(self.net, self.margin_used)
 
-    @functools.cached_property
+    @_once
     def initial_risk(self) -> Decimal | None:
         """q0*m*|price0 - stop0| from the open; None without an initial stop."""
         if self.initial_stop is None:
@@ -170,7 +196,7 @@ class TradeState(msgspec.Struct, frozen=True, kw_only=True, dict=True):
         spread = CONTEXT.abs(CONTEXT.subtract(self.initial_price, self.initial_stop))
         return CONTEXT.multiply(CONTEXT.multiply(self.initial_quantity, self.multiplier), spread)
 
-    @functools.cached_property
+    @_once
     def r_multiple(self) -> Decimal | None:
         """net / initial risk; None without an initial stop or with zero risk."""
         risk = self.initial_risk
@@ -184,7 +210,7 @@ class TradeState(msgspec.Struct, frozen=True, kw_only=True, dict=True):
         net = self.net
         return "win" if net > 0 else "loss" if net < 0 else "breakeven"
 
-    @functools.cached_property
+    @_once
     def holding_seconds(self) -> Decimal | None:
         """Open to close in seconds; None while open."""
         if self.closed_at is None:
