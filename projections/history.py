@@ -137,7 +137,6 @@ class TradeHistory(TableProjection):
     name = "trade_history"
     version = 1
     tables = ("trade_history",)
-    apart = True  # the costliest views: a large rebuild folds them in a second process
 
     def __init__(self) -> None:
         self._rows: list[tuple[Any, ...]] = []

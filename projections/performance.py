@@ -207,7 +207,9 @@ class Performance(TableProjection):
     name = "performance"
     version = 2
     tables = ("performance_stats", "performance_daily", "performance_closes")
-    apart = True  # the costliest views: a large rebuild folds them in a second process
+    # the costliest view: a large rebuild folds it in a second process, about as
+    # long as the first takes for all the others (see Runner.rebuild)
+    apart = True
 
     def __init__(self, *, starting_equity: Decimal = _ZERO, annualization_days: int = 365) -> None:
         if not isinstance(starting_equity, Decimal) or not starting_equity.is_finite():

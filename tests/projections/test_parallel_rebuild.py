@@ -107,7 +107,7 @@ async def rebuilt(
 def test_a_rebuild_in_two_processes_equals_the_views_kept_record_by_record(
     sqlite_url: str, logs: list[MutableMapping[str, Any]]
 ) -> None:
-    """With the threshold at 0, Performance and TradeHistory are folded by ledger.worker."""
+    """With the threshold at 0, Performance is folded by ledger.worker."""
 
     async def go() -> None:
         async with open_ledger(sqlite_url, standard(), checkpoint_every=7) as book:
@@ -120,7 +120,7 @@ def test_a_rebuild_in_two_processes_equals_the_views_kept_record_by_record(
         assert again == 0
         assert indexes(sqlite_url) == built  # dropped for the fill, made again after
         (started,) = [log for log in logs if log["event"] == "rebuild_apart"]
-        assert started["views"] == ["performance", "trade_history"]
+        assert started["views"] == ["performance"]
         assert started["code"] == 0
         found, _ = await rebuilt(sqlite_url, standard(), 10**9)
         assert_same_views(found, expected, "in one process")
