@@ -48,13 +48,6 @@ CREATE TABLE IF NOT EXISTS projection_positions (
 """
 
 
-def _statement(sql: str) -> Callable[[sqlite3.Connection], None]:
-    def run(conn: sqlite3.Connection) -> None:
-        conn.execute(sql)
-
-    return run
-
-
 def digest(state: bytes) -> str:
     """The SHA-256 of a snapshot, stored beside it."""
     return hashlib.sha256(state).hexdigest()
@@ -203,18 +196,6 @@ class Runner:
             table.setup(conn)
         rows = conn.execute("SELECT name, identity, position, hash FROM projection_positions")
         return {name: (identity, position, digest_) for name, identity, position, digest_ in rows}
-
-    def _drop_indexes(self, conn: sqlite3.Connection) -> list[str]:
-        """Drop the secondary indexes of this runner's tables; their CREATE statements."""
-        names = [name for table in self.tables for name in table.tables]
-        rows = conn.execute(
-            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
-            f"AND tbl_name IN ({', '.join('?' * len(names))})",
-            names,
-        ).fetchall()
-        for name, _ in rows:
-            conn.execute(f'DROP INDEX "{name}"')
-        return [sql for _, sql in rows]
 
     def _reset_tables(self, conn: sqlite3.Connection, tables: Sequence[TableProjection]) -> None:
         for table in tables:
@@ -430,7 +411,7 @@ class Runner:
             ):
                 elsewhere = await self._start_elsewhere(url)
             if elsewhere is None:
-                await self._fill(head.position, progress)
+                await self._catch_up(head.position, progress)
                 await self.checkpoint()
                 return
             process, tables = elsewhere
@@ -438,7 +419,7 @@ class Runner:
             self.projections = [p for p in self.projections if p not in tables]
             self.tables = [t for t in self.tables if t not in tables]
             try:
-                await self._fill(head.position, progress)
+                await self._catch_up(head.position, progress)
                 await self.checkpoint()
                 _, errors = await process.communicate()
             except BaseException:
@@ -457,19 +438,6 @@ class Runner:
             # not finish is caught up here, from its stored position.
             await self.open()
             await self.checkpoint()
-
-    async def _fill(self, target: int, progress: Callable[[int, int], None] | None) -> None:
-        """Catch emptied views up to ``target``, their tables without indexes until the end.
-
-        One sort per index at the end is cheaper than a B-tree insert per row;
-        each index is made in its own transaction, so no other writer of the
-        file waits long for the write lock.
-        """
-        dropped = await self.read_model.transact(self._drop_indexes, durable=False)
-        await self._catch_up(target, progress)
-        for sql in dropped:
-            await self.read_model.transact(_statement(sql), durable=False)
-        await self.read_model.transact(self._setup_tables, durable=False)
 
     async def _start_elsewhere(
         self, url: str

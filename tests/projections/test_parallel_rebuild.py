@@ -118,7 +118,7 @@ def test_a_rebuild_in_two_processes_equals_the_views_kept_record_by_record(
         found, again = await rebuilt(sqlite_url, standard(), parallel_from=0)
         assert_same_views(found, expected, "after a rebuild in two processes")
         assert again == 0
-        assert indexes(sqlite_url) == built  # dropped for the fill, made again after
+        assert indexes(sqlite_url) == built
         (started,) = [log for log in logs if log["event"] == "rebuild_apart"]
         assert started["views"] == ["performance"]
         assert started["code"] == 0
