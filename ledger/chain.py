@@ -41,7 +41,8 @@ def record_hash(
     metadata: str,
 ) -> str:
     """The hex SHA-256 that chains a record to ``prev_hash``."""
-    body = _encode(
+    return stored_hash(
+        prev_hash,
         [
             position,
             stream_id,
@@ -53,9 +54,14 @@ def record_hash(
             timestamp(recorded_at),
             data,
             metadata,
-        ]
+        ],
     )
-    return hashlib.sha256(bytes.fromhex(prev_hash) + body).hexdigest()
+
+
+def stored_hash(prev_hash: str, columns: list[Any]) -> str:
+    """:func:`record_hash` of a record's stored columns, ``position`` to ``metadata``,
+    its times already in their :func:`timestamp` text (as a store writes them)."""
+    return hashlib.sha256(bytes.fromhex(prev_hash) + _encode(columns)).hexdigest()
 
 
 def digest_of(record: Any) -> str:

@@ -258,6 +258,9 @@ def stream_of(event: Event) -> str:
 _KEY_SPACE = uuid.UUID("6f0c1d7e-5b1a-4c53-9a57-0e5d2f1b8a41")
 _KEY_BYTES = _KEY_SPACE.bytes
 _SEP = "\x1f"  # ids are printable, so the unit separator cannot appear inside one
+_FILLS = (TradeIncreased, TradeReduced, TradeClosed)  # a tuple: isinstance of a union is slower
+# uuid5's variant bits (10xx) set on the hex digit that holds them
+_VARIANT = {digit: "89ab"[int(digit, 16) & 0x3] for digit in "0123456789abcdef"}
 
 
 def natural_event_id(event: Event) -> str | None:
@@ -271,7 +274,7 @@ def natural_event_id(event: Event) -> str | None:
         parts = ("signal", event.signal_id)
     elif isinstance(event, TradeOpened):
         parts = ("open", event.trade_id)
-    elif isinstance(event, TradeIncreased | TradeReduced | TradeClosed) and event.fill_id:
+    elif isinstance(event, _FILLS) and event.fill_id:
         parts = ("fill", event.trade_id, event.fill_id)
     elif isinstance(event, TradeClosed):
         parts = ("close", event.trade_id)
@@ -279,12 +282,10 @@ def natural_event_id(event: Event) -> str | None:
         parts = ("funding", event.trade_id, timestamp(event.occurred_at))
     else:
         return None
-    # uuid5(_KEY_SPACE, name), spelled out: the UUID object costs more than the hash
-    digest = bytearray(hashlib.sha1(_KEY_BYTES + _SEP.join(parts).encode()).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    # uuid5(_KEY_SPACE, name), spelled out on the hex digest: the UUID object costs
+    # more than the hash; the version digit is 5, the variant digit from _VARIANT
+    h = hashlib.sha1(_KEY_BYTES + _SEP.join(parts).encode()).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 def _kinds(cls: type[Event]) -> dict[str, str | None]:
@@ -303,35 +304,54 @@ def _kinds(cls: type[Event]) -> dict[str, str | None]:
 _FIELD_KINDS: dict[type[Event], dict[str, str | None]] = {
     cls: _kinds(cls) for cls in EVENT_TYPES.values()
 }
-# Per class: the decimal fields with their kind, and the id/text fields.
-_NUMBERS: dict[type[Event], tuple[tuple[str, str], ...]] = {
-    cls: tuple((n, k) for n, k in kinds.items() if k in (_POSITIVE, _SIGNED, _UNIT))
-    for cls, kinds in _FIELD_KINDS.items()
-}
-_TEXTS: dict[type[Event], tuple[str, ...]] = {
-    cls: tuple(n for n, k in kinds.items() if k in (_ID, _TEXT))
-    for cls, kinds in _FIELD_KINDS.items()
-}
-# Every field that may hold text: a lone surrogate cannot be stored as UTF-8.
-_STRINGS: dict[type[Event], tuple[str, ...]] = {
-    cls: tuple(f.name for f in msgspec.structs.fields(cls) if f.name != "metadata")
-    for cls in _FIELD_KINDS
-}
-_DEFAULTS: dict[type[Event], list[msgspec.structs.FieldInfo]] = {
-    cls: [
-        f
-        for f in msgspec.structs.fields(cls)
-        if f.default is not msgspec.NODEFAULT and f.default is not None
-    ]
-    for cls in EVENT_TYPES.values()
-}
+
+
+class _Fields(msgspec.Struct, frozen=True):
+    """Where validate() finds each kind of field of one event class: (index, name[, ...]),
+    the index into ``msgspec.structs.astuple(event)`` (one call, where a getattr per
+    field per check cost more than the checks)."""
+
+    numbers: tuple[tuple[int, str, str], ...]  # decimals, with their kind
+    texts: tuple[tuple[int, str], ...]  # ids and free text
+    strings: tuple[tuple[int, str], ...]  # every field that may hold text (not metadata)
+    defaults: tuple[tuple[int, str, Any], ...]  # fields with a default other than None
+    occurred_at: int
+
+
+def _fields(cls: type[Event]) -> _Fields:
+    kinds = _FIELD_KINDS[cls]
+    fields = msgspec.structs.fields(cls)
+    index = {f.name: i for i, f in enumerate(fields)}
+    return _Fields(
+        numbers=tuple(
+            (index[n], n, k) for n, k in kinds.items() if k in (_POSITIVE, _SIGNED, _UNIT)
+        ),
+        texts=tuple((index[n], n) for n, k in kinds.items() if k in (_ID, _TEXT)),
+        strings=tuple((i, f.name) for i, f in enumerate(fields) if f.name != "metadata"),
+        defaults=tuple(
+            (i, f.name, f.default)
+            for i, f in enumerate(fields)
+            if f.default is not msgspec.NODEFAULT and f.default is not None
+        ),
+        occurred_at=index["occurred_at"],
+    )
+
+
+_FIELDS: dict[type[Event], _Fields] = {cls: _fields(cls) for cls in EVENT_TYPES.values()}
 
 
 def canonical_decimal(value: Decimal) -> Decimal:
     """The one form of a finite decimal: no exponent, no trailing zeros, no negative zero."""
     text = str(value)
-    if "E" not in text and not ("." in text and text[-1] == "0") and text != "-0":
-        return value  # already canonical: the common case, decided from the text alone
+    return value if _is_canonical(text) else _canonical(value)
+
+
+def _is_canonical(text: str) -> bool:
+    # decided from the text alone: the common case costs no decimal arithmetic
+    return "E" not in text and not ("." in text and text[-1] == "0") and text != "-0"
+
+
+def _canonical(value: Decimal) -> Decimal:
     text = format(value.normalize(_WIDE), "f")
     if text.startswith("-") and Decimal(text) == 0:
         text = text[1:]
@@ -344,61 +364,70 @@ def validate(event: object, *, now: dt.datetime | None = None) -> Event:
     Raises :class:`InvalidEvent` naming the first bad field. ``now`` bounds
     ``occurred_at`` from above (a day of clock skew is allowed).
     """
-    if not isinstance(event, Event) or type(event) not in _FIELD_KINDS:
+    if not isinstance(event, Event) or type(event) not in _FIELDS:
         raise InvalidEvent(
             f"expected one of {', '.join(sorted(EVENT_TYPES))}, got {type(event).__name__}",
             field="type",
             rule="unknown_type",
         )
-    cls = type(event)
-    numbers, texts = _NUMBERS[cls], _TEXTS[cls]
-    for name, _kind in numbers:
-        value = getattr(event, name)
+    fields = _FIELDS[type(event)]
+    values = msgspec.structs.astuple(event)
+    for i, name, _kind in fields.numbers:
+        value = values[i]
         if value is not None and not isinstance(value, Decimal):
             raise InvalidEvent(
                 f"{name} must be a Decimal, got {type(value).__name__}",
                 field=name,
                 rule="decimal",
             )
-    for name in texts:
-        value = getattr(event, name)
-        if value is not None and not isinstance(value, str):
-            raise InvalidEvent(
-                f"{name} must be a string, got {type(value).__name__}", field=name, rule="schema"
-            )
-    if not isinstance(event.occurred_at, dt.datetime):
+    texts: list[str] = []
+    for i, name in fields.texts:
+        value = values[i]
+        if value is not None:
+            if not isinstance(value, str):
+                raise InvalidEvent(
+                    f"{name} must be a string, got {type(value).__name__}",
+                    field=name,
+                    rule="schema",
+                )
+            texts.append(value)
+    occurred_at = values[fields.occurred_at]
+    if not isinstance(occurred_at, dt.datetime):
         raise InvalidEvent("occurred_at must be a datetime", field="occurred_at", rule="schema")
     if event.metadata:
         _check_metadata(event.metadata)
     try:
         # msgspec checks lengths, patterns, literals and tz-awareness on conversion only.
-        msgspec.convert(msgspec.to_builtins(event), type=cls)
+        msgspec.convert(msgspec.to_builtins(event), type=type(event))
     except (msgspec.ValidationError, TypeError) as e:
         raise InvalidEvent(str(e), field=field_from(str(e)), rule="schema") from e
     changes: dict[str, Any] = {}
-    for name, kind in numbers:
-        value = getattr(event, name)
+    for i, name, kind in fields.numbers:
+        value = values[i]
         if value is not None:
             fixed = _check_decimal(name, value, kind)
             if fixed is not value:
                 changes[name] = fixed
-    for name in texts:
-        value = getattr(event, name)
-        if value is not None and (not isinstance(value, str) or not value.isprintable()):
-            raise InvalidEvent(f"{name} must be printable text", field=name, rule="printable")
-    for text_field in _STRINGS[cls]:
-        _check_utf8(text_field, getattr(event, text_field))
-    changes["occurred_at"] = _check_time(event.occurred_at, now)
-    for info in _DEFAULTS[cls]:
+    # All the texts at once, then (rarely) which one: a string is printable, or
+    # encodes as UTF-8, exactly when each of its parts does.
+    if not "".join(texts).isprintable():
+        for i, name in fields.texts:
+            if values[i] is not None and not values[i].isprintable():
+                raise InvalidEvent(f"{name} must be printable text", field=name, rule="printable")
+    try:
+        "".join([value for value in values if isinstance(value, str)]).encode("utf-8")
+    except UnicodeEncodeError:
+        for i, name in fields.strings:
+            _check_utf8(name, values[i])
+    utc = _check_time(occurred_at, now)
+    if utc is not occurred_at:
+        changes["occurred_at"] = utc
+    for i, name, default in fields.defaults:
         # a field set to its default must encode like one left out: same bytes, same hash
-        value = changes.get(info.name, getattr(event, info.name))
-        if (
-            value is not info.default
-            and type(value) is type(info.default)
-            and value == info.default
-        ):
-            changes[info.name] = info.default
-    return msgspec.structs.replace(event, **changes)
+        value = changes.get(name, values[i])
+        if value is not default and type(value) is type(default) and value == default:
+            changes[name] = default
+    return msgspec.structs.replace(event, **changes) if changes else event
 
 
 def field_from(message: str) -> str | None:
@@ -416,14 +445,21 @@ def _check_decimal(name: str, value: Decimal, kind: str | None) -> Decimal:
             f"{name} must be a finite number, got {value}", field=name, rule="finite"
         )
     text = str(value)
-    # a short text cannot hold too many digits: the exact count only for long ones
-    if (len(text) > MAX_DIGITS or "E" in text) and (
-        len(value.as_tuple().digits) > MAX_DIGITS or abs(value.adjusted()) > MAX_DIGITS
-    ):
-        raise InvalidEvent(f"{name} has more than {MAX_DIGITS} digits", field=name, rule="digits")
-    fixed = canonical_decimal(value)
-    if fixed is not value and len(fixed.as_tuple().digits) > MAX_DIGITS:
-        raise InvalidEvent(f"{name} has more than {MAX_DIGITS} digits", field=name, rule="digits")
+    fixed = value
+    if len(text) > MAX_DIGITS or not _is_canonical(text):
+        # a short text cannot hold too many digits: the exact count only for long ones
+        if (len(text) > MAX_DIGITS or "E" in text) and (
+            len(value.as_tuple().digits) > MAX_DIGITS or abs(value.adjusted()) > MAX_DIGITS
+        ):
+            raise InvalidEvent(
+                f"{name} has more than {MAX_DIGITS} digits", field=name, rule="digits"
+            )
+        if not _is_canonical(text):
+            fixed = _canonical(value)
+            if len(fixed.as_tuple().digits) > MAX_DIGITS:
+                raise InvalidEvent(
+                    f"{name} has more than {MAX_DIGITS} digits", field=name, rule="digits"
+                )
     if kind == _POSITIVE and fixed <= 0:
         raise InvalidEvent(f"{name} must be > 0, got {fixed}", field=name, rule="positive")
     if kind == _UNIT and not 0 <= fixed <= 1:

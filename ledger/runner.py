@@ -37,7 +37,7 @@ __all__ = ["Runner", "TradeFold"]
 
 P = TypeVar("P")
 
-_FLUSH_EVERY = 10000
+_FLUSH_EVERY = 50_000
 _POSITIONS = """
 CREATE TABLE IF NOT EXISTS projection_positions (
     name TEXT PRIMARY KEY,

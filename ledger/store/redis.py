@@ -42,6 +42,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
+import itertools
 import random
 import select
 import time
@@ -78,7 +79,7 @@ from ledger.failpoints import FailPoints
 from ledger.readmodel import LocalReadModel
 from ledger.record import Record
 from ledger.store.protocol import Checkpoint, Clock, Head, Proposal, Rules
-from ledger.store.staging import Stage, stage_batch
+from ledger.store.staging import Row, Stage, stage_batch
 from ledger.trade import StreamState
 
 __all__ = ["RedisStore"]
@@ -687,7 +688,7 @@ class RedisStore:
 
     async def _stage(
         self, group: list[_Request], known: dict[str, Record]
-    ) -> tuple[list[list[Record] | LedgerError], Stage, list[Record]]:
+    ) -> tuple[list[list[Record] | LedgerError], Stage, list[Row]]:
         """Stage the group in memory on what this client knows of the log.
 
         Optimistic: the cached head, cached streams, and new event ids are
@@ -744,7 +745,7 @@ class RedisStore:
             for stream_id in stale:
                 self._streams[stream_id] = await self._load_stream(stream_id)
         # only new records enter a stage, in the order their positions were given
-        return outcomes, stage, list(stage.by_event_id.values())
+        return outcomes, stage, stage.rows
 
     def _stage_all(
         self, group: list[_Request], stage: Stage, known: dict[str, Record]
@@ -769,32 +770,15 @@ class RedisStore:
             outcomes.append(records)
         return outcomes
 
-    async def _send(self, new: list[Record], *, confirm: bool) -> int:
-        """Run the script on ``new`` (and ``WAIT`` with ``confirm``); the replicas that confirmed."""
+    async def _send(self, new: list[Row], *, confirm: bool) -> int:
+        """Run the script on the ``new`` rows (and ``WAIT`` with ``confirm``); the replicas
+        that confirmed."""
         keys: list[str] = []
         args: list[Any] = []
         if new:
-            keys = [*self._script_keys, *(self._prefix + "s:" + r.stream_id for r in new)]
-            args = [new[0].position - 1, new[0].prev_hash]
-            stamps: dict[dt.datetime, str] = {}
-            for r in new:
-                recorded = stamps.get(r.recorded_at)
-                if recorded is None:
-                    recorded = stamps[r.recorded_at] = timestamp(r.recorded_at)
-                args += (
-                    r.position,
-                    r.stream_id,
-                    r.version,
-                    r.event_id,
-                    r.type,
-                    r.schema_version,
-                    timestamp(r.occurred_at),
-                    recorded,
-                    r.data,
-                    r.metadata,
-                    r.prev_hash,
-                    r.hash,
-                )
+            # a row's columns are the script's twelve arguments per record, in order
+            keys = [*self._script_keys, *(self._prefix + "s:" + row[1] for row in new)]
+            args = [new[0][0] - 1, new[0][10], *itertools.chain.from_iterable(new)]
             self.failpoints.hit("before_commit")
         if self._wire is None and time.monotonic() - self._answered_at > _IDLE:
             # A server that went away while we were idle left an EOF the loop has not read

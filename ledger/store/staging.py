@@ -5,24 +5,27 @@ in order, idempotency (its event id already recorded, with an equal payload,
 returns that record), the expected version, then the stream's rules, and is
 chained onto the head. A refused batch leaves the stage as it was, so one
 caller's refusal never touches its neighbours; the store then writes what was
-staged in one transaction (SQLite) or one script (Redis).
+staged in one transaction (SQLite) or one script (Redis), from the stage's
+``rows``: the new records' stored columns, hashed from the very text stored.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
+from typing import Any
 
-import msgspec
-
-from ledger.chain import digest_of
+from ledger.chain import stored_hash, timestamp
 from ledger.codec import decode_event
 from ledger.errors import ConcurrencyError, IdempotencyConflict
 from ledger.record import Record
 from ledger.store.protocol import Head, Proposal, Rules
 from ledger.trade import StreamState
 
-__all__ = ["Stage", "make_record", "same_payload", "stage_batch"]
+__all__ = ["Row", "Stage", "make_record", "same_payload", "stage_batch"]
+
+Row = tuple[Any, ...]
+"""A record's twelve stored columns, in the order of the record's fields, times as text."""
 
 
 class Stage:
@@ -33,6 +36,9 @@ class Stage:
         self.parent = parent
         self.by_event_id: dict[str, Record] = {}
         self.streams: dict[str, tuple[int, StreamState]] = {}
+        self.rows: list[Row] = []  # what this stage appends, in position order
+        # the last recorded_at and its text: one time serves a whole group
+        self.stamp: tuple[dt.datetime, str] | None = None if parent is None else parent.stamp
 
     def find(self, event_id: str) -> Record | None:
         stage: Stage | None = self
@@ -57,6 +63,8 @@ class Stage:
         self.parent.head = self.head
         self.parent.by_event_id.update(self.by_event_id)
         self.parent.streams.update(self.streams)
+        self.parent.rows += self.rows
+        self.parent.stamp = self.stamp
 
 
 def stage_batch(
@@ -91,18 +99,46 @@ def stage_batch(
         recorded_at = (
             now if head.recorded_at is None or now > head.recorded_at else head.recorded_at
         )
-        record = make_record(head, proposal, version + 1, recorded_at)
+        if stage.stamp is None or stage.stamp[0] != recorded_at:
+            stage.stamp = (recorded_at, timestamp(recorded_at))
+        record, row = make_record(head, proposal, version + 1, recorded_at, stage.stamp[1])
         stage.head = Head(record.position, record.hash, recorded_at)
         stage.by_event_id[record.event_id] = record
         stage.streams[record.stream_id] = (record.version, new_state)
+        stage.rows.append(row)
         records.append(record)
     return records
 
 
-def make_record(head: Head, proposal: Proposal, version: int, recorded_at: dt.datetime) -> Record:
-    """The record that appends ``proposal`` after ``head``, hashed into the chain."""
-    unhashed = Record(
-        head.position + 1,
+def make_record(
+    head: Head,
+    proposal: Proposal,
+    version: int,
+    recorded_at: dt.datetime,
+    recorded_text: str | None = None,
+) -> tuple[Record, Row]:
+    """The record that appends ``proposal`` after ``head``, hashed into the chain, and its row.
+
+    ``recorded_text`` is ``timestamp(recorded_at)``, when the caller has it already.
+    """
+    if recorded_text is None:
+        recorded_text = timestamp(recorded_at)
+    position = head.position + 1
+    columns = [
+        position,
+        proposal.stream_id,
+        version,
+        proposal.event_id,
+        proposal.type,
+        proposal.schema_version,
+        timestamp(proposal.occurred_at),
+        recorded_text,
+        proposal.data,
+        proposal.metadata,
+    ]
+    digest = stored_hash(head.hash, columns)
+    record = Record(
+        position,
         proposal.stream_id,
         version,
         proposal.event_id,
@@ -113,9 +149,9 @@ def make_record(head: Head, proposal: Proposal, version: int, recorded_at: dt.da
         proposal.data,
         proposal.metadata,
         head.hash,
-        "",
+        digest,
     )
-    return msgspec.structs.replace(unhashed, hash=digest_of(unhashed))
+    return record, (*columns, head.hash, digest)
 
 
 def same_payload(record: Record, proposal: Proposal) -> bool:

@@ -555,6 +555,32 @@ def test_a_batch_mixing_a_retry_and_new_events_appends_only_the_new_ones(ledger_
     run(body())
 
 
+def test_a_retry_the_rules_would_accept_again_returns_the_first_record(ledger_url: str) -> None:
+    """A stop move retried by its event id after the stop moved on (the rules would take it
+    as new) returns its first record - alone, among concurrent callers, and in a batch."""
+
+    async def body() -> None:
+        async with open_ledger(ledger_url) as book:
+            move = stop_moved("t1", stop_price=Decimal("95"))
+            await book.record(opened("t1"))
+            first = await book.record(move, event_id="m1")
+            await book.record(stop_moved("t1", stop_price=Decimal("97"), occurred_at=at(40)))
+            assert await book.record(move, event_id="m1") == first
+            retried, *others = await asyncio.gather(
+                book.record(move, event_id="m1"),
+                *(book.record(opened(f"u{n}")) for n in range(5)),
+            )
+            assert retried == first
+            batch = await book.record_batch([Append(move, event_id="m1"), opened("t2")])
+            assert batch[0] == first
+            records = await all_records(book)
+        assert len(records) == 3 + 5 + 1
+        assert [r.event_id for r in records].count("m1") == 1
+        assert {r.position for r in others} | {batch[1].position} == set(range(4, 10))
+
+    run(body())
+
+
 def test_reading_a_log_longer_than_a_page_returns_every_record_once(ledger_url: str) -> None:
     """read() over 2,100 records yields each once, in order, and windows across page edges."""
 
