@@ -423,7 +423,8 @@ class Runner:
                 await self.checkpoint()
                 _, errors = await process.communicate()
             except BaseException:
-                process.kill()
+                with contextlib.suppress(ProcessLookupError):  # it may have ended already
+                    process.kill()
                 raise
             finally:
                 self.projections, self.tables = everything
