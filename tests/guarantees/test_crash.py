@@ -57,7 +57,9 @@ def load_harness() -> ModuleType:
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_twenty_kills_lose_duplicate_and_mismatch_nothing(tmp_path: Path, backend: str) -> None:
     """Twenty rounds of SIGKILL (most at fail points) leave every acknowledged event, no duplicate and views equal to a rebuild."""
-    found = crash_test(tmp_path, "--rounds", "20", "--backend", backend, timeout=120)
+    # A fixed seed draws the same rounds every run: 11 at fail points, on either
+    # backend (a random one left Redis, with 3 fail-point modes in 7, below 5 now and then).
+    found = crash_test(tmp_path, "--rounds", "20", "--backend", backend, "--seed", "3", timeout=120)
     assert found["rounds"] == 20
     assert found["kills"] >= 20
     assert found["points"] >= 5
