@@ -351,11 +351,18 @@ def _is_canonical(text: str) -> bool:
     return "E" not in text and not ("." in text and text[-1] == "0") and text != "-0"
 
 
+def canonical_text(value: Decimal) -> str:
+    """The text of :func:`canonical_decimal`, worked out on the text where it can be."""
+    text = str(value)
+    if "E" in text:  # str() keeps an exponent below 1e-6, as canonical_decimal's form does
+        text = str(Decimal(format(value.normalize(_WIDE), "f")))
+    elif "." in text and text[-1] == "0":
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
 def _canonical(value: Decimal) -> Decimal:
-    text = format(value.normalize(_WIDE), "f")
-    if text.startswith("-") and Decimal(text) == 0:
-        text = text[1:]
-    return Decimal(text)
+    return Decimal(canonical_text(value))
 
 
 def validate(event: object, *, now: dt.datetime | None = None) -> Event:

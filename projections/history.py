@@ -11,7 +11,7 @@ from typing import Any, Literal
 import msgspec
 
 from ledger.chain import timestamp
-from ledger.events import canonical_decimal
+from ledger.events import canonical_text
 from ledger.projection import Step, TableProjection, insert_rows
 from ledger.trade import TradeState
 
@@ -74,15 +74,7 @@ class TradePage(msgspec.Struct, frozen=True):
 
 
 def _text(value: Decimal | None) -> str | None:
-    if value is None:
-        return None
-    # canonical_decimal's form, worked out on the text: this runs for 15 figures a close
-    text = str(value)
-    if "E" in text:
-        return str(canonical_decimal(value))
-    if text[-1] == "0" and "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return "0" if text == "-0" else text
+    return None if value is None else canonical_text(value)
 
 
 def _row(trade: TradeState, position: int) -> tuple[Any, ...]:

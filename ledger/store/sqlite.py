@@ -749,10 +749,7 @@ class SqliteStore:
         except TimeoutError as e:
             raise StoreUnavailable(f"{self.path}: read timed out after {self.timeout}s") from e
         except sqlite3.Error as e:
-            if getattr(e, "sqlite_errorname", "") == "SQLITE_CORRUPT":
-                # retrying cannot help: the file itself is damaged
-                raise IntegrityError(f"{self.path} is damaged: {e}") from e
-            raise StoreUnavailable(f"{self.path}: read failed: {e}") from e
+            raise self._read_failed(e) from e
 
     async def read(self, start: int = 1, stop: int | None = None) -> AsyncIterator[Record]:
         """Every record from ``start`` (to ``stop``, inclusive), a page at a time.
@@ -781,9 +778,13 @@ class SqliteStore:
         try:
             return self._pages.execute(sql, params).fetchall()
         except sqlite3.Error as e:
-            if getattr(e, "sqlite_errorname", "") == "SQLITE_CORRUPT":
-                raise IntegrityError(f"{self.path} is damaged: {e}") from e
-            raise StoreUnavailable(f"{self.path}: read failed: {e}") from e
+            raise self._read_failed(e) from e
+
+    def _read_failed(self, error: sqlite3.Error) -> LedgerError:
+        if getattr(error, "sqlite_errorname", "") == "SQLITE_CORRUPT":
+            # retrying cannot help: the file itself is damaged
+            return IntegrityError(f"{self.path} is damaged: {error}")
+        return StoreUnavailable(f"{self.path}: read failed: {error}")
 
     async def read_stream(self, stream_id: str) -> list[Record]:
         rows = await self._fetch(f"{_SELECT} WHERE stream_id = ? ORDER BY version", (stream_id,))
