@@ -73,6 +73,17 @@ class OnlyHere(TradeHistory):
         super().apply(step)
 
 
+class DiesThere(OnlyHere):
+    """Trade history that ends any other process that takes it in."""
+
+    name = "trade_history_dies"
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if state["home"] != os.getpid():
+            os._exit(3)
+        self.__dict__.update(state)
+
+
 @pytest.fixture
 def logs() -> Iterator[list[MutableMapping[str, Any]]]:
     """The log lines from info up (the suite keeps only warnings)."""
@@ -150,5 +161,25 @@ def test_a_view_the_second_process_did_not_finish_is_caught_up_by_the_runner(
         assert [log["views"] for log in logs if log["event"] == "rebuild_apart"] == [
             ["performance", "trade_history_here"]
         ]
+
+    run(go())
+
+
+def test_a_second_process_that_dies_leaves_its_views_to_the_runner(
+    sqlite_url: str, logs: list[MutableMapping[str, Any]]
+) -> None:
+    """The process ends as it takes the views in; the runner folds them all itself."""
+
+    async def go() -> None:
+        events = history(12)
+        async with open_ledger(sqlite_url, standard()) as book:
+            await record_all(book, events)
+            expected = await views(book)
+        projections = [*standard()[:4], DiesThere(), standard()[5]]
+        found, again = await rebuilt(sqlite_url, projections, parallel_from=0)
+        assert_same_views(found, expected, "after the second process died")
+        assert again == len(events)  # nothing was stored there: folded here from position 1
+        (failed,) = [log for log in logs if log["event"] == "rebuild_process_failed"]
+        assert failed["code"] == 3
 
     run(go())
