@@ -115,6 +115,18 @@ async def rebuilt(
         return await views(book), runner.replayed  # the book's views are these, rebuilt
 
 
+async def recorded(url: str, events: list[Event]) -> dict[str, Any]:
+    """The standard views after recording ``events`` one by one."""
+    async with open_ledger(url, standard()) as book:
+        await record_all(book, events)
+        return await views(book)
+
+
+def with_history(view: TradeHistory) -> list[Any]:
+    """The standard projections, with ``view`` in trade history's place."""
+    return [view if isinstance(p, TradeHistory) else p for p in standard()]
+
+
 def test_a_rebuild_in_two_processes_equals_the_views_kept_record_by_record(
     sqlite_url: str, logs: list[MutableMapping[str, Any]]
 ) -> None:
@@ -148,12 +160,9 @@ def test_a_view_the_second_process_did_not_finish_is_caught_up_by_the_runner(
 
     async def go() -> None:
         events = history(12)
-        async with open_ledger(sqlite_url, standard()) as book:
-            await record_all(book, events)
-            expected = (await views(book))["history"]
+        expected = (await recorded(sqlite_url, events))["history"]
         here = OnlyHere()
-        projections = [*standard()[:4], here, standard()[5]]
-        found, again = await rebuilt(sqlite_url, projections, parallel_from=0)
+        found, again = await rebuilt(sqlite_url, with_history(here), parallel_from=0)
         assert found["history"] == expected
         assert again == len(events)  # folded here from position 1
         assert len(expected.trades) == 12
@@ -172,11 +181,8 @@ def test_a_second_process_that_dies_leaves_its_views_to_the_runner(
 
     async def go() -> None:
         events = history(12)
-        async with open_ledger(sqlite_url, standard()) as book:
-            await record_all(book, events)
-            expected = await views(book)
-        projections = [*standard()[:4], DiesThere(), standard()[5]]
-        found, again = await rebuilt(sqlite_url, projections, parallel_from=0)
+        expected = await recorded(sqlite_url, events)
+        found, again = await rebuilt(sqlite_url, with_history(DiesThere()), parallel_from=0)
         assert_same_views(found, expected, "after the second process died")
         assert again == len(events)  # nothing was stored there: folded here from position 1
         (failed,) = [log for log in logs if log["event"] == "rebuild_process_failed"]
