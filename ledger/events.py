@@ -33,6 +33,7 @@ from ledger.errors import InvalidEvent
 
 __all__ = [
     "CLOSE_REASONS",
+    "TRADE_EVENTS",
     "Event",
     "FeeCharged",
     "FundingApplied",
@@ -244,6 +245,9 @@ AnyEvent = (
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {cls.__name__: cls for cls in typing.get_args(AnyEvent)}
+TRADE_EVENTS: frozenset[type[Event]] = frozenset(
+    cls for cls in EVENT_TYPES.values() if issubclass(cls, TradeEvent)
+)
 
 
 def stream_of(event: Event) -> str:

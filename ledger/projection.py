@@ -55,6 +55,10 @@ class ReadModel(Protocol):
 class _Projection(abc.ABC):
     name: ClassVar[str]
     version: ClassVar[int] = 1
+    # The event types whose steps ``apply`` needs, or None for every record: the
+    # runner calls ``apply`` with these only. A view that folds trades from its
+    # steps must name every trade event it reads.
+    reads: ClassVar[frozenset[type[Event]] | None] = None
 
     _fault: str | None = None
 
@@ -108,6 +112,10 @@ class TableProjection(_Projection):
     """A view stored as rows in the read model, queried with SQL."""
 
     tables: ClassVar[tuple[str, ...]] = ()
+    # (index name, "table (columns)") pairs. The runner creates them after ``setup``;
+    # a rebuild drops them and creates them once at its end, which costs a third
+    # of keeping them up to date row by row.
+    indexes: ClassVar[tuple[tuple[str, str], ...]] = ()
     # A view that costs much per record can be folded by a second process during a
     # large rebuild (see Runner.rebuild); it must pickle and import there.
     apart: ClassVar[bool] = False
@@ -115,7 +123,8 @@ class TableProjection(_Projection):
 
     @abc.abstractmethod
     def setup(self, conn: sqlite3.Connection) -> None:
-        """Create the tables if missing and load whatever small state ``apply`` needs."""
+        """Create the tables (not ``indexes``) if missing and load whatever small
+        state ``apply`` needs."""
 
     def reset(self, conn: sqlite3.Connection) -> None:
         """Delete every row, ready to fold from position 1."""

@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 
+from ledger.codec import decode_event, decode_metadata
 from ledger.events import Event
 
 
@@ -36,17 +37,14 @@ class Record(msgspec.Struct, frozen=True, dict=True):
         # a plain dict cache: functools.cached_property takes a lock on Python 3.11
         found: Event | None = self.__dict__.get("_event")
         if found is None:
-            from ledger.codec import decode_event
-
-            found = decode_event(self.type, self.schema_version, self.data, self.metadata)
-            self.__dict__["_event"] = found
+            found = self.__dict__["_event"] = decode_event(
+                self.type, self.schema_version, self.data, self.metadata
+            )
         return found
 
     @property
     def meta(self) -> dict[str, Any]:
         """The record's metadata as a dict."""
-        from ledger.codec import decode_metadata
-
         return decode_metadata(self.metadata)
 
 

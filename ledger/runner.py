@@ -27,7 +27,7 @@ import structlog
 
 from ledger.chain import GENESIS
 from ledger.errors import IntegrityError, InvalidEvent, LedgerError
-from ledger.events import TradeEvent
+from ledger.events import EVENT_TYPES, TRADE_EVENTS, StopMoved, TargetMoved, TradeEvent
 from ledger.projection import ReadModel, StateProjection, Step, TableProjection
 from ledger.record import Record
 from ledger.store import Checkpoint, Clock, EventStore
@@ -38,6 +38,8 @@ __all__ = ["Runner", "TradeFold"]
 P = TypeVar("P")
 
 _FLUSH_EVERY = 50_000
+# What the fold needs for every figure of a trade: all its events but stop and target moves.
+_MONEY = frozenset(kind for kind in TRADE_EVENTS if kind not in (StopMoved, TargetMoved))
 _POSITIONS = """
 CREATE TABLE IF NOT EXISTS projection_positions (
     name TEXT PRIMARY KEY,
@@ -106,6 +108,7 @@ class Runner:
         self.store = store
         self.read_model = read_model
         self.projections = list(projections)
+        self._routes: dict[type, list[StateProjection | TableProjection]] = {}
         self.states = [p for p in projections if isinstance(p, StateProjection)]
         self.tables = [p for p in projections if isinstance(p, TableProjection)]
         self.clock = clock
@@ -123,6 +126,7 @@ class Runner:
         self._saving: asyncio.Task[None] | None = None
         self._writing: asyncio.Future[None] | None = None
         self._log = structlog.get_logger("tradeledger")
+        self._fold_whole = True  # False once the fold has skipped stop or target moves
         self.restored: dict[str, int] = {}
         self.replayed = 0
         self.parallel_from = 50_000  # records: below it, a second process costs more than it saves
@@ -190,10 +194,15 @@ class Runner:
         self.replayed = head.position - self.position
         await self._catch_up(head.position)
 
-    def _setup_tables(self, conn: sqlite3.Connection) -> dict[str, tuple[str, int, str]]:
+    def _setup_tables(
+        self, conn: sqlite3.Connection, *, indexed: bool = True
+    ) -> dict[str, tuple[str, int, str]]:
         conn.execute(_POSITIONS)
         for table in self.tables:
             table.setup(conn)
+            if indexed:
+                for name, spec in table.indexes:
+                    conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {spec}")
         rows = conn.execute("SELECT name, identity, position, hash FROM projection_positions")
         return {name: (identity, position, digest_) for name, identity, position, digest_ in rows}
 
@@ -230,8 +239,10 @@ class Runner:
 
     # feeding
 
-    def _apply(self, record: Record) -> None:
-        if record.position != self.position + 1:
+    def _apply(self, record: Record, *, sparse: bool = False) -> None:
+        if record.position != self.position + 1 and not (
+            sparse and record.position > self.position
+        ):
             raise IntegrityError(
                 f"expected position {self.position + 1} next, got {record.position}"
             )
@@ -249,11 +260,23 @@ class Runner:
         self.hash = record.hash
         self._dirty = True
 
+    def _route(self, kind: type) -> list[StateProjection | TableProjection]:
+        """The views that read events of ``kind``, in registration order (kept per kind)."""
+        found = self._routes.get(kind)
+        if found is None:
+            found = self._routes[kind] = [
+                p for p in self.projections if p.reads is None or kind in p.reads
+            ]
+        return found
+
     def _feed(self, step: Step) -> None:
         position = step.record.position
         # After open, every view stands at the same position: skip the per-view check.
         uneven = self._ahead >= position
-        for projection in self.projections:
+        views = self._routes.get(step.event.__class__)
+        if views is None:
+            views = self._route(step.event.__class__)
+        for projection in views:
             # the attribute, not the ``faulted`` property: this runs per record per view
             if projection._fault is not None or (uneven and self._at[projection.name] >= position):
                 continue
@@ -265,17 +288,43 @@ class Runner:
                     "projection_faulted", view=projection.name, position=position, error=repr(e)
                 )
 
+    def _kinds(self) -> frozenset[str] | None:
+        """The event types the views and the fold need, or None for every record."""
+        needed = set(_MONEY)
+        for projection in self.projections:
+            if projection.reads is None:
+                return None
+            needed |= projection.reads
+        if needed >= set(EVENT_TYPES.values()):
+            return None
+        return frozenset(kind.__name__ for kind in needed)
+
     async def _catch_up(
-        self, target: int, progress: Callable[[int, int], None] | None = None
+        self,
+        target: int,
+        progress: Callable[[int, int], None] | None = None,
+        *,
+        kinds: frozenset[str] | None = None,
     ) -> None:
+        """Apply the records up to ``target``; with ``kinds``, only those of these types
+        (the position still ends at ``target``)."""
         applied = 0
-        async for record in self.store.read(self.position + 1, target):
-            self._apply(record)
+        start = self.position + 1
+        records = (
+            self.store.read(start, target, kinds=kinds) if kinds else self.store.read(start, target)
+        )
+        async for record in records:
+            self._apply(record, sparse=kinds is not None)
             applied += 1
             if applied % _FLUSH_EVERY == 0:
                 await self._flush(wait=False)
                 if progress is not None:
                     progress(record.position, target)
+        if kinds is not None and self.position < target:
+            last = await self.store.record_at(target)
+            if last is None:
+                raise IntegrityError(f"the log has no record at position {target}")
+            self.position, self.hash, self._dirty = target, last.hash, True
         await self._flush()
         self._maybe_checkpoint()
 
@@ -376,6 +425,8 @@ class Runner:
             await self.offer([record])
 
     async def _reset_all(self) -> None:
+        """Every view empty at position 0, the tables without their indexes
+        until :meth:`_index` (a crash before it leaves them to the next open)."""
         self.fold.reset()
         self._fold_at = 0
         for state in self.states:
@@ -383,26 +434,49 @@ class Runner:
             state.clear_fault()
         for table in self.tables:
             table.db = self.read_model
-        await self.read_model.transact(self._setup_tables, durable=False)
-        await self.read_model.transact(lambda conn: self._reset_tables(conn, self.tables))
+        await self.read_model.transact(lambda conn: self._setup_tables(conn, indexed=False))
+
+        def reset(conn: sqlite3.Connection) -> None:
+            for table in self.tables:
+                for name, _ in table.indexes:
+                    conn.execute(f"DROP INDEX IF EXISTS {name}")
+            self._reset_tables(conn, self.tables)
+
+        await self.read_model.transact(reset)
         self._at = {p.name: 0 for p in self.projections}
         self._ahead = 0
         self.position, self.hash = 0, GENESIS
 
     async def rebuild(
-        self, progress: Callable[[int, int], None] | None = None, *, url: str | None = None
+        self,
+        progress: Callable[[int, int], None] | None = None,
+        *,
+        url: str | None = None,
+        sparse: bool = False,
     ) -> None:
         """Every view from position 1; ``progress(done, total)`` is told along the way.
 
         With the ledger's ``url`` (SQLite) and a log of ``parallel_from``
         records or more, the table views marked ``apart`` are folded by a
         second process (``ledger.worker``) while this one folds the others.
+
+        ``sparse`` (for a runner about to be thrown away, as the second
+        process's is): read only the event types the views name in ``reads``.
+        If none of them reads stop or target moves, the fold skips those too,
+        and its trades' stop, target, ``updated_at`` and ``events`` are stale:
+        this runner never checkpoints that fold.
         """
         if not self.active:
             return
         async with self._lock:
             await self._reset_all()
             head = await self.store.head()
+            if sparse and (kinds := self._kinds()) is not None:
+                self._fold_whole = self._fold_whole and {k.__name__ for k in TRADE_EVENTS} <= kinds
+                await self._catch_up(head.position, progress, kinds=kinds)
+                await self._index(self.tables)
+                await self.checkpoint()
+                return
             elsewhere = None
             if (
                 url is not None
@@ -412,14 +486,17 @@ class Runner:
                 elsewhere = await self._start_elsewhere(url)
             if elsewhere is None:
                 await self._catch_up(head.position, progress)
+                await self._index(self.tables)
                 await self.checkpoint()
                 return
             process, tables = elsewhere
             everything = self.projections, self.tables
             self.projections = [p for p in self.projections if p not in tables]
             self.tables = [t for t in self.tables if t not in tables]
+            self._routes = {}
             try:
                 await self._catch_up(head.position, progress)
+                await self._index(self.tables)
                 await self.checkpoint()
                 _, errors = await process.communicate()
             except BaseException:
@@ -428,6 +505,7 @@ class Runner:
                 raise
             finally:
                 self.projections, self.tables = everything
+                self._routes = {}
             self._log.info("rebuild_apart", views=[t.name for t in tables], code=process.returncode)
             if process.returncode:
                 self._log.error(
@@ -439,6 +517,17 @@ class Runner:
             # not finish is caught up here, from its stored position.
             await self.open()
             await self.checkpoint()
+
+    async def _index(self, tables: Sequence[TableProjection]) -> None:
+        """Create the indexes a rebuild dropped: one transaction each, so that
+        another process's writes to the same file wait for one index at most."""
+
+        def create(name: str, spec: str) -> Callable[[sqlite3.Connection], object]:
+            return lambda conn: conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {spec}")
+
+        for table in tables:
+            for name, spec in table.indexes:
+                await self.read_model.transact(create(name, spec), durable=False)
 
     async def _start_elsewhere(
         self, url: str
@@ -496,6 +585,7 @@ class Runner:
                 if applied % _FLUSH_EVERY == 0:
                     await self._flush(wait=False)
             await self._flush()
+            await self._index(self.tables)
         return inconsistent
 
     # checkpoints
@@ -503,7 +593,7 @@ class Runner:
     def _snapshot(self) -> list[Checkpoint]:
         now = self.clock()
         checkpoints = []
-        for projection in [self.fold, *self.states]:
+        for projection in [self.fold, *self.states] if self._fold_whole else self.states:
             if projection.faulted:
                 continue
             state = projection.snapshot()

@@ -25,7 +25,8 @@ from ledger.runner import Runner
 async def _run(url: str, projections: list[TableProjection], timeout: float) -> None:
     async with open_ledger(url, timeout=timeout, create=False) as book:
         store = book.store
-        await Runner(store, store.read_model(), projections, clock=book.clock).rebuild()
+        runner = Runner(store, store.read_model(), projections, clock=book.clock)
+        await runner.rebuild(sparse=True)
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import msgspec
 
 from ledger.chain import timestamp
-from ledger.events import canonical_text
+from ledger.events import TradeClosed, TradeReduced, canonical_text
 from ledger.projection import Step, TableProjection, insert_rows
 from ledger.trade import TradeState
 
@@ -128,16 +128,11 @@ class TradeHistory(TableProjection):
 
     name = "trade_history"
     version = 1
+    reads = frozenset({TradeReduced, TradeClosed})  # the events that can close a trade
     tables = ("trade_history",)
-
-    def __init__(self) -> None:
-        self._rows: list[tuple[Any, ...]] = []
-
-    def setup(self, conn: sqlite3.Connection) -> None:
-        conn.execute(
-            f"CREATE TABLE IF NOT EXISTS trade_history ({', '.join(_COLUMNS)}, PRIMARY KEY (trade_id))"
-        )
-        for name, expression in (
+    indexes = tuple(
+        (f"trade_history_by_{name}", f"trade_history ({columns})")
+        for name, columns in (
             ("closed_at", "closed_at, position"),
             ("opened_at", "opened_at, position"),
             ("symbol", "symbol, closed_at"),
@@ -147,10 +142,16 @@ class TradeHistory(TableProjection):
             ("outcome", "outcome, closed_at"),
             ("net", "CAST(net AS REAL)"),
             ("r", "CAST(r AS REAL)"),
-        ):
-            conn.execute(
-                f"CREATE INDEX IF NOT EXISTS trade_history_by_{name} ON trade_history ({expression})"
-            )
+        )
+    )
+
+    def __init__(self) -> None:
+        self._rows: list[tuple[Any, ...]] = []
+
+    def setup(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS trade_history ({', '.join(_COLUMNS)}, PRIMARY KEY (trade_id))"
+        )
 
     def apply(self, step: Step) -> None:
         trade = step.after

@@ -49,7 +49,9 @@ class Parameters(TableProjection):
 
     name = "parameters"
     version = 1
+    reads = frozenset({ParameterChanged})
     tables = ("parameter_changes",)
+    indexes = (("parameter_changes_by_name", "parameter_changes (name, position)"),)
 
     def __init__(self) -> None:
         self._rows: list[tuple[Any, ...]] = []
@@ -57,9 +59,6 @@ class Parameters(TableProjection):
     def setup(self, conn: sqlite3.Connection) -> None:
         conn.execute(
             f"CREATE TABLE IF NOT EXISTS parameter_changes ({', '.join(_COLUMNS)}, PRIMARY KEY (position))"
-        )
-        conn.execute(
-            "CREATE INDEX IF NOT EXISTS parameter_changes_by_name ON parameter_changes (name, position)"
         )
 
     def apply(self, step: Step) -> None:

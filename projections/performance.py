@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 
 from ledger.chain import timestamp
+from ledger.events import TradeClosed, TradeReduced
 from ledger.projection import Step, TableProjection, insert_rows
 from ledger.trade import CONTEXT, RATIO, TradeState
 from projections.grouping import ALL, check_group, keys
@@ -206,7 +207,11 @@ class Performance(TableProjection):
 
     name = "performance"
     version = 2
+    reads = frozenset({TradeReduced, TradeClosed})  # the events that can close a trade
     tables = ("performance_stats", "performance_daily", "performance_closes")
+    indexes = (
+        ("performance_closes_by_time", "performance_closes (currency, closed_at, position)"),
+    )
     # the costliest view: a large rebuild folds it in a second process, about as
     # long as the first takes for all the others (see Runner.rebuild)
     apart = True
@@ -257,10 +262,6 @@ class Performance(TableProjection):
                 symbol TEXT NOT NULL, strategy TEXT NOT NULL, session TEXT NOT NULL,
                 account TEXT NOT NULL, side TEXT NOT NULL, closed_at TEXT NOT NULL,
                 net TEXT NOT NULL)"""
-        )
-        conn.execute(
-            "CREATE INDEX IF NOT EXISTS performance_closes_by_time "
-            "ON performance_closes (currency, closed_at, position)"
         )
         decoder = msgspec.json.Decoder(_Stats)
         self._stats = {}

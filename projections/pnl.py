@@ -12,6 +12,7 @@ from decimal import Decimal
 
 import msgspec
 
+from ledger.events import TRADE_EVENTS, StopMoved, TargetMoved
 from ledger.projection import StateProjection, Step
 from ledger.trade import TradeState
 from projections.grouping import check_group, keys
@@ -72,6 +73,8 @@ class Pnl(StateProjection):
 
     name = "pnl"
     version = 1
+    # the events that move money
+    reads = frozenset(kind for kind in TRADE_EVENTS if kind not in (StopMoved, TargetMoved))
 
     def __init__(self) -> None:
         self._totals: dict[tuple[str, str, str], _Totals] = {}

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import msgspec
 
+from ledger.events import TRADE_EVENTS
 from ledger.projection import StateProjection, Step
 from ledger.trade import TradeState
 
@@ -72,6 +73,7 @@ class OpenPositions(StateProjection):
 
     name = "open_positions"
     version = 1
+    reads = TRADE_EVENTS
 
     def __init__(self) -> None:
         self._open: dict[str, TradeState] = {}

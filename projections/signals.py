@@ -56,7 +56,12 @@ class Signals(TableProjection):
 
     name = "signals"
     version = 1
+    reads = frozenset({SignalEmitted, TradeOpened})
     tables = ("signals",)
+    indexes = (
+        ("signals_by_time", "signals (occurred_at, position)"),
+        ("signals_by_symbol", "signals (symbol, occurred_at)"),
+    )
 
     def __init__(self) -> None:
         self._rows: dict[str, list[Any]] = {}  # by signal id, until the next flush
@@ -65,12 +70,6 @@ class Signals(TableProjection):
     def setup(self, conn: sqlite3.Connection) -> None:
         conn.execute(
             f"CREATE TABLE IF NOT EXISTS signals ({', '.join(_COLUMNS)}, PRIMARY KEY (signal_id))"
-        )
-        conn.execute(
-            "CREATE INDEX IF NOT EXISTS signals_by_time ON signals (occurred_at, position)"
-        )
-        conn.execute(
-            "CREATE INDEX IF NOT EXISTS signals_by_symbol ON signals (symbol, occurred_at)"
         )
 
     def apply(self, step: Step) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -72,7 +72,12 @@ class EventStore(Protocol):
 
     async def append(self, batch: Sequence[Proposal]) -> Sequence[Record | Pending]: ...
 
-    def read(self, start: int = 1, stop: int | None = None) -> AsyncIterator[Record]: ...
+    def read(
+        self, start: int = 1, stop: int | None = None, *, kinds: Collection[str] | None = None
+    ) -> AsyncIterator[Record]:
+        """Records from ``start`` to ``stop`` (inclusive) in log order; with ``kinds``,
+        only the records of those event types."""
+        ...
 
     async def read_stream(self, stream_id: str) -> list[Record]: ...
 

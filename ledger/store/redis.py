@@ -48,7 +48,7 @@ import select
 import time
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Collection, Sequence
 from typing import Any, TypeVar
 
 import hiredis
@@ -907,7 +907,9 @@ class RedisStore:
 
     # reads
 
-    async def read(self, start: int = 1, stop: int | None = None) -> AsyncIterator[Record]:
+    async def read(
+        self, start: int = 1, stop: int | None = None, *, kinds: Collection[str] | None = None
+    ) -> AsyncIterator[Record]:
         position = max(start, 1)
         while stop is None or position <= stop:
             end = "+" if stop is None else f"{stop}-1"
@@ -916,9 +918,11 @@ class RedisStore:
                 sent=False,
             )
             for entry_id, fields in entries:
-                record = _record(entry_id, fields)
-                yield record
-                position = record.position + 1
+                if kinds is not None and fields.get("type") not in kinds:
+                    continue
+                yield _record(entry_id, fields)
+            if entries:
+                position = int(entries[-1][0].split("-", 1)[0]) + 1
             if len(entries) < _PAGE:
                 return
 

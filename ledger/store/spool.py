@@ -21,7 +21,7 @@ import contextlib
 import datetime as dt
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 import msgspec
@@ -326,8 +326,10 @@ class SpoolStore:
 
     # everything else is the Redis store's
 
-    def read(self, start: int = 1, stop: int | None = None) -> AsyncIterator[Record]:
-        return self.inner.read(start, stop)
+    def read(
+        self, start: int = 1, stop: int | None = None, *, kinds: Collection[str] | None = None
+    ) -> AsyncIterator[Record]:
+        return self.inner.read(start, stop, kinds=kinds)
 
     def subscribe(self, start: int = 1) -> AsyncIterator[Record]:
         return self.inner.subscribe(start)
