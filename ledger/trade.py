@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Generic, TypeVar, overload
 
@@ -71,26 +70,30 @@ _ZERO = Decimal(0)
 T = TypeVar("T")
 
 
-class _once(Generic[T]):
-    """A property computed on first use and kept in the instance's ``__dict__``,
-    where later reads find it first. ``functools.cached_property`` does the same
-    but takes a lock on every first use on Python 3.11."""
+class _figure(Generic[T]):
+    """A figure of a trade, kept in the instance's ``__dict__``, where later reads
+    find it first. The first read of any figure computes them all
+    (:func:`_figures`): one function call instead of a descriptor and a method
+    per figure, on the hot path of a rebuild. ``functools.cached_property``
+    would also take a lock on every first use on Python 3.11."""
 
-    def __init__(self, compute: Callable[[Any], T]) -> None:
-        self.compute = compute
-        self.name = compute.__name__
-        self.__doc__ = compute.__doc__
+    def __init__(self, doc: str) -> None:
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type[Any], name: str) -> None:
+        self.name = name
 
     @overload
-    def __get__(self, instance: None, owner: type[Any]) -> _once[T]: ...
+    def __get__(self, instance: None, owner: type[Any]) -> _figure[T]: ...
 
     @overload
-    def __get__(self, instance: object, owner: type[Any]) -> T: ...
+    def __get__(self, instance: TradeState, owner: type[Any]) -> T: ...
 
-    def __get__(self, instance: object, owner: type[Any]) -> T | _once[T]:
+    def __get__(self, instance: TradeState | None, owner: type[Any]) -> T | _figure[T]:
         if instance is None:
             return self
-        value = instance.__dict__[self.name] = self.compute(instance)
+        _figures(instance)
+        value: T = instance.__dict__[self.name]
         return value
 
 
@@ -147,62 +150,24 @@ class TradeState(msgspec.Struct, frozen=True, kw_only=True, dict=True):
         """+1 for long, -1 for short."""
         return 1 if self.side == "long" else -1
 
-    @_once
-    def average_entry(self) -> Decimal:
-        """C/Q while open; the average entry of all entry fills once closed."""
-        if self.quantity:
-            return RATIO.divide(self.cost, self.quantity)
-        return RATIO.divide(self.entry_cost, self.entry_quantity)
-
-    @_once
-    def average_exit(self) -> Decimal | None:
-        """The quantity-weighted average exit price, None before any exit."""
-        if not self.exit_quantity:
-            return None
-        return RATIO.divide(self.exit_value, self.exit_quantity)
-
-    @_once
-    def net(self) -> Decimal:
-        """Realized net so far: gross - fees + funding."""
-        return CONTEXT.add(CONTEXT.subtract(self.gross, self.fees), self.funding)
-
-    @_once
-    def invested(self) -> Decimal:
-        """The sum over entry fills of q*p*m."""
-        return CONTEXT.multiply(self.entry_cost, self.multiplier)
-
-    @_once
-    def margin_used(self) -> Decimal:
-        """The margin given at the open, else invested / leverage."""
-        if self.margin is not None:
-            return self.margin
-        return RATIO.divide(self.invested, self.leverage)
-
-    @_once
-    def return_fraction(self) -> Decimal:
-        """net / invested."""
-        return RATIO.divide(self.net, self.invested)
-
-    @_once
-    def roe(self) -> Decimal:
-        """net / margin."""
-        return RATIO.divide(self.net, self.margin_used)
-
-    @_once
-    def initial_risk(self) -> Decimal | None:
-        """q0*m*|price0 - stop0| from the open; None without an initial stop."""
-        if self.initial_stop is None:
-            return None
-        spread = CONTEXT.abs(CONTEXT.subtract(self.initial_price, self.initial_stop))
-        return CONTEXT.multiply(CONTEXT.multiply(self.initial_quantity, self.multiplier), spread)
-
-    @_once
-    def r_multiple(self) -> Decimal | None:
-        """net / initial risk; None without an initial stop or with zero risk."""
-        risk = self.initial_risk
-        if not risk:
-            return None
-        return RATIO.divide(self.net, risk)
+    average_entry = _figure[Decimal](
+        "C/Q while open; the average entry of all entry fills once closed."
+    )
+    average_exit = _figure[Decimal | None](
+        "The quantity-weighted average exit price, None before any exit."
+    )
+    net = _figure[Decimal]("Realized net so far: gross - fees + funding.")
+    invested = _figure[Decimal]("The sum over entry fills of q*p*m.")
+    margin_used = _figure[Decimal]("The margin given at the open, else invested / leverage.")
+    return_fraction = _figure[Decimal]("net / invested.")
+    roe = _figure[Decimal]("net / margin.")
+    initial_risk = _figure[Decimal | None](
+        "q0*m*|price0 - stop0| from the open; None without an initial stop."
+    )
+    r_multiple = _figure[Decimal | None](
+        "net / initial risk; None without an initial stop or with zero risk."
+    )
+    holding_seconds = _figure[Decimal | None]("Open to close in seconds; None while open.")
 
     @property
     def outcome(self) -> str:
@@ -210,14 +175,40 @@ class TradeState(msgspec.Struct, frozen=True, kw_only=True, dict=True):
         net = self.net
         return "win" if net > 0 else "loss" if net < 0 else "breakeven"
 
-    @_once
-    def holding_seconds(self) -> Decimal | None:
-        """Open to close in seconds; None while open."""
-        if self.closed_at is None:
-            return None
-        delta = self.closed_at - self.opened_at
+
+def _figures(trade: TradeState) -> None:
+    """Every figure of ``trade`` into its ``__dict__`` (see :class:`_figure`)."""
+    c, q = CONTEXT, RATIO
+    net = c.add(c.subtract(trade.gross, trade.fees), trade.funding)
+    invested = c.multiply(trade.entry_cost, trade.multiplier)
+    margin = trade.margin if trade.margin is not None else q.divide(invested, trade.leverage)
+    if trade.quantity:
+        average_entry = q.divide(trade.cost, trade.quantity)
+    else:
+        average_entry = q.divide(trade.entry_cost, trade.entry_quantity)
+    risk = None
+    if trade.initial_stop is not None:
+        spread = c.abs(c.subtract(trade.initial_price, trade.initial_stop))
+        risk = c.multiply(c.multiply(trade.initial_quantity, trade.multiplier), spread)
+    holding = None
+    if trade.closed_at is not None:
+        delta = trade.closed_at - trade.opened_at
         whole = Decimal(delta.days * 86_400 + delta.seconds)
-        return CONTEXT.add(whole, CONTEXT.scaleb(Decimal(delta.microseconds), -6))
+        holding = c.add(whole, c.scaleb(Decimal(delta.microseconds), -6))
+    trade.__dict__.update(
+        average_entry=average_entry,
+        average_exit=(
+            q.divide(trade.exit_value, trade.exit_quantity) if trade.exit_quantity else None
+        ),
+        net=net,
+        invested=invested,
+        margin_used=margin,
+        return_fraction=q.divide(net, invested),
+        roe=q.divide(net, margin),
+        initial_risk=risk,
+        r_multiple=q.divide(net, risk) if risk else None,
+        holding_seconds=holding,
+    )
 
 
 def _refuse(message: str, rule: str, field: str | None = None) -> InvalidEvent:

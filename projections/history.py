@@ -79,6 +79,7 @@ def _text(value: Decimal | None) -> str | None:
 
 def _row(trade: TradeState, position: int) -> tuple[Any, ...]:
     assert trade.closed_at is not None
+    text = canonical_text  # one call per figure: this runs for every close of a rebuild
     return (
         trade.trade_id,
         position,
@@ -94,18 +95,18 @@ def _row(trade: TradeState, position: int) -> tuple[Any, ...]:
         trade.signal_id,
         timestamp(trade.opened_at),
         timestamp(trade.closed_at),
-        _text(trade.entry_quantity),
-        _text(trade.average_entry),
+        text(trade.entry_quantity),
+        text(trade.average_entry),
         _text(trade.average_exit),
-        _text(trade.multiplier),
-        _text(trade.leverage),
-        _text(trade.gross),
-        _text(trade.fees),
-        _text(trade.funding),
-        _text(trade.net),
-        _text(trade.invested),
-        _text(trade.return_fraction),
-        _text(trade.roe),
+        text(trade.multiplier),
+        text(trade.leverage),
+        text(trade.gross),
+        text(trade.fees),
+        text(trade.funding),
+        text(trade.net),
+        text(trade.invested),
+        text(trade.return_fraction),
+        text(trade.roe),
         _text(trade.initial_risk),
         _text(trade.r_multiple),
         trade.outcome,
