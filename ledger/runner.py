@@ -37,7 +37,6 @@ __all__ = ["Runner", "TradeFold"]
 
 P = TypeVar("P")
 
-_FLUSH_EVERY = 50_000
 # What the fold needs for every figure of a trade: all its events but stop and target moves.
 _MONEY = frozenset(kind for kind in TRADE_EVENTS if kind not in (StopMoved, TargetMoved))
 _POSITIONS = """
@@ -130,6 +129,7 @@ class Runner:
         self.restored: dict[str, int] = {}
         self.replayed = 0
         self.parallel_from = 50_000  # records: below it, a second process costs more than it saves
+        self.flush_every = 50_000  # records between writes of the table views in a catch-up
 
     @property
     def active(self) -> bool:
@@ -316,7 +316,7 @@ class Runner:
         async for record in records:
             self._apply(record, sparse=kinds is not None)
             applied += 1
-            if applied % _FLUSH_EVERY == 0:
+            if applied % self.flush_every == 0:
                 await self._flush(wait=False)
                 if progress is not None:
                     progress(record.position, target)
@@ -523,12 +523,12 @@ class Runner:
         kinds: frozenset[str] | None = None,
     ) -> None:
         """Catch the emptied views up to ``target``, creating their tables' indexes
-        before the last ``_FLUSH_EVERY`` records. Filling an index row by row costs
+        before the last ``flush_every`` records. Filling an index row by row costs
         about three times as much as creating it from the rows at once, but a new
         index's pages are full: the first writes after the rebuild would split
         them all (the next open took six times as long). The last records' rows
         split them where later rows go, as row-by-row writes would have."""
-        before = target - _FLUSH_EVERY
+        before = target - self.flush_every
         if before > self.position:
             await self._catch_up(before, progress, kinds=kinds)
         await self._index(self.tables)
@@ -598,7 +598,7 @@ class Runner:
                 self._feed(step)
                 self.position, self.hash, self._dirty = record.position, record.hash, True
                 applied += 1
-                if applied % _FLUSH_EVERY == 0:
+                if applied % self.flush_every == 0:
                     await self._flush(wait=False)
             await self._flush()
             await self._index(self.tables)

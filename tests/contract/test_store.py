@@ -597,6 +597,31 @@ def test_reading_a_log_longer_than_a_page_returns_every_record_once(ledger_url: 
     run(body())
 
 
+def test_reading_by_kind_returns_only_those_records_in_order_across_pages(
+    ledger_url: str,
+) -> None:
+    """read(kinds=...) over 1,500 records of three kinds yields each record of the
+    kinds asked for once, in log order, and nothing else."""
+
+    async def body() -> None:
+        events: list[Any] = []
+        for n in range(500):
+            tid = f"t{n}"
+            events += [signal(f"s{n}"), opened(tid), stop_moved(tid)]
+        async with open_ledger(ledger_url) as book:
+            await book.record_batch(events)
+            every = [(r.position, r.type) async for r in book.store.read()]
+            found = [
+                (r.position, r.type)
+                async for r in book.store.read(2, 1400, kinds={"SignalEmitted", "StopMoved"})
+            ]
+        wanted = [(p, t) for p, t in every if 2 <= p <= 1400 and t != "TradeOpened"]
+        assert len(wanted) == 932
+        assert found == wanted
+
+    run(body())
+
+
 def test_an_empty_batch_is_refused(ledger_url: str) -> None:
     """record_batch([]) raises InvalidEvent and writes nothing."""
 

@@ -235,3 +235,20 @@ def test_a_current_stop_moved_retrying_a_v1_record_by_value_returns_that_record(
     again, count = asyncio.run(retry())
     assert (again.position, again.schema_version) == (2, 1)
     assert count == 2
+
+
+@given(
+    st.datetimes(timezones=st.timezones()).filter(lambda m: m.utcoffset() is not None),
+)
+@settings(max_examples=500)
+def test_timestamp_is_utc_with_six_fraction_digits_and_z(moment: dt.datetime) -> None:
+    """The one text form of an instant, whatever its zone or its microseconds."""
+    from ledger.chain import timestamp
+
+    try:
+        utc = moment.astimezone(dt.UTC)
+    except OverflowError:
+        return  # outside the years a datetime holds once moved to UTC
+    text = timestamp(moment)
+    assert text == utc.isoformat(timespec="microseconds").removesuffix("+00:00") + "Z"
+    assert dt.datetime.fromisoformat(text) == utc
