@@ -23,6 +23,8 @@ def timestamp(moment: dt.datetime) -> str:
     """The one text form of an instant: UTC, microseconds, ``Z``."""
     if moment.tzinfo is not dt.UTC:
         moment = moment.astimezone(dt.UTC)
+    if type(moment) is not dt.datetime:  # a subclass (pandas, freezegun), which msgspec refuses
+        return moment.isoformat(timespec="microseconds")[:-6] + "Z"
     # This is on every hot path. msgspec writes a UTC time as RFC 3339 with "Z" in
     # a twentieth of isoformat's time, leaving out the fraction when it is zero.
     text = _encode(moment)

@@ -27,7 +27,7 @@ import structlog
 
 from ledger.chain import GENESIS
 from ledger.errors import IntegrityError, InvalidEvent, LedgerError
-from ledger.events import EVENT_TYPES, TRADE_EVENTS, StopMoved, TargetMoved, TradeEvent
+from ledger.events import EVENT_TYPES, TRADE_EVENTS, TradeEvent
 from ledger.projection import ReadModel, StateProjection, Step, TableProjection
 from ledger.record import Record
 from ledger.store import Checkpoint, Clock, EventStore
@@ -37,8 +37,6 @@ __all__ = ["Runner", "TradeFold"]
 
 P = TypeVar("P")
 
-# What the fold needs for every figure of a trade: all its events but stop and target moves.
-_MONEY = frozenset(kind for kind in TRADE_EVENTS if kind not in (StopMoved, TargetMoved))
 _POSITIONS = """
 CREATE TABLE IF NOT EXISTS projection_positions (
     name TEXT PRIMARY KEY,
@@ -125,7 +123,6 @@ class Runner:
         self._saving: asyncio.Task[None] | None = None
         self._writing: asyncio.Future[None] | None = None
         self._log = structlog.get_logger("tradeledger")
-        self._fold_whole = True  # False once the fold has skipped stop or target moves
         self.restored: dict[str, int] = {}
         self.replayed = 0
         self.parallel_from = 50_000  # records: below it, a second process costs more than it saves
@@ -290,7 +287,7 @@ class Runner:
 
     def _kinds(self) -> frozenset[str] | None:
         """The event types the views and the fold need, or None for every record."""
-        needed = set(_MONEY)
+        needed = set(TRADE_EVENTS)  # the fold sees every trade event, whoever reads it
         for projection in self.projections:
             if projection.reads is None:
                 return None
@@ -304,14 +301,21 @@ class Runner:
         target: int,
         progress: Callable[[int, int], None] | None = None,
         *,
-        kinds: frozenset[str] | None = None,
+        total: int | None = None,
     ) -> None:
-        """Apply the records up to ``target``; with ``kinds``, only those of these types
-        (the position still ends at ``target``)."""
+        """Apply the records up to ``target``, telling ``progress(done, total or target)``.
+
+        When every view names what it reads, the records of no use to them nor
+        to the trade fold (signals, say, for performance alone) stay in the
+        store; the position still ends at ``target``.
+        """
         applied = 0
         start = self.position + 1
+        kinds = self._kinds()
         records = (
-            self.store.read(start, target, kinds=kinds) if kinds else self.store.read(start, target)
+            self.store.read(start, target)
+            if kinds is None
+            else self.store.read(start, target, kinds=kinds)
         )
         async for record in records:
             self._apply(record, sparse=kinds is not None)
@@ -319,7 +323,7 @@ class Runner:
             if applied % self.flush_every == 0:
                 await self._flush(wait=False)
                 if progress is not None:
-                    progress(record.position, target)
+                    progress(record.position, total or target)
         if kinds is not None and self.position < target:
             last = await self.store.record_at(target)
             if last is None:
@@ -452,30 +456,18 @@ class Runner:
         progress: Callable[[int, int], None] | None = None,
         *,
         url: str | None = None,
-        sparse: bool = False,
     ) -> None:
         """Every view from position 1; ``progress(done, total)`` is told along the way.
 
         With the ledger's ``url`` (SQLite) and a log of ``parallel_from``
         records or more, the table views marked ``apart`` are folded by a
         second process (``ledger.worker``) while this one folds the others.
-
-        ``sparse`` (for a runner about to be thrown away, as the second
-        process's is): read only the event types the views name in ``reads``.
-        If none of them reads stop or target moves, the fold skips those too,
-        and its trades' stop, target, ``updated_at`` and ``events`` are stale:
-        this runner never checkpoints that fold.
         """
         if not self.active:
             return
         async with self._lock:
             await self._reset_all()
             head = await self.store.head()
-            if sparse and (kinds := self._kinds()) is not None:
-                self._fold_whole = self._fold_whole and {k.__name__ for k in TRADE_EVENTS} <= kinds
-                await self._fill(head.position, progress, kinds=kinds)
-                await self.checkpoint()
-                return
             elsewhere = None
             if (
                 url is not None
@@ -515,13 +507,7 @@ class Runner:
             await self.open()
             await self.checkpoint()
 
-    async def _fill(
-        self,
-        target: int,
-        progress: Callable[[int, int], None] | None = None,
-        *,
-        kinds: frozenset[str] | None = None,
-    ) -> None:
+    async def _fill(self, target: int, progress: Callable[[int, int], None] | None = None) -> None:
         """Catch the emptied views up to ``target``, creating their tables' indexes
         before the last ``flush_every`` records. Filling an index row by row costs
         about three times as much as creating it from the rows at once, but a new
@@ -530,9 +516,9 @@ class Runner:
         split them where later rows go, as row-by-row writes would have."""
         before = target - self.flush_every
         if before > self.position:
-            await self._catch_up(before, progress, kinds=kinds)
+            await self._catch_up(before, progress, total=target)
         await self._index(self.tables)
-        await self._catch_up(target, progress, kinds=kinds)
+        await self._catch_up(target, progress)
 
     async def _index(self, tables: Sequence[TableProjection]) -> None:
         """Create the indexes a rebuild dropped: one transaction each, so that
@@ -609,7 +595,7 @@ class Runner:
     def _snapshot(self) -> list[Checkpoint]:
         now = self.clock()
         checkpoints = []
-        for projection in [self.fold, *self.states] if self._fold_whole else self.states:
+        for projection in [self.fold, *self.states]:
             if projection.faulted:
                 continue
             state = projection.snapshot()
@@ -636,6 +622,8 @@ class Runner:
         self._saving = asyncio.create_task(self._save(checkpoints))
 
     async def _save(self, checkpoints: list[Checkpoint]) -> None:
+        if not checkpoints:  # every state view faulted
+            return
         try:
             await self.store.save_checkpoints(checkpoints)
         except LedgerError as e:

@@ -25,8 +25,7 @@ from ledger.runner import Runner
 async def _run(url: str, projections: list[TableProjection], timeout: float) -> None:
     async with open_ledger(url, timeout=timeout, create=False) as book:
         store = book.store
-        runner = Runner(store, store.read_model(), projections, clock=book.clock)
-        await runner.rebuild(sparse=True)
+        await Runner(store, store.read_model(), projections, clock=book.clock).rebuild()
 
 
 def main() -> None:

@@ -918,11 +918,10 @@ class RedisStore:
                 sent=False,
             )
             for entry_id, fields in entries:
-                if kinds is not None and fields.get("type") not in kinds:
-                    continue
-                yield _record(entry_id, fields)
-            if entries:
-                position = int(entries[-1][0].split("-", 1)[0]) + 1
+                record = _record(entry_id, fields)  # malformed or not, whatever its kind
+                if kinds is None or record.type in kinds:
+                    yield record
+                position = record.position + 1
             if len(entries) < _PAGE:
                 return
 

@@ -765,12 +765,12 @@ class SqliteStore:
         """
         position = max(start, 1)
         last = stop if stop is not None else 2**62
-        where = "position >= ? AND position <= ?"
+        where, types = "position >= ? AND position <= ?", sorted(kinds or ())
         if kinds is not None:
-            where += f" AND type IN ({', '.join(map(repr, sorted(kinds)))})"
+            where += f" AND type IN ({', '.join('?' * len(types))})"
         sql = f"{_SELECT} WHERE {where} ORDER BY position LIMIT ?"
         while position <= last:
-            rows = self._page(sql, (position, last, _PAGE))
+            rows = self._page(sql, (position, last, *types, _PAGE))
             for row in rows:
                 yield _record(row)
             if len(rows) < _PAGE:

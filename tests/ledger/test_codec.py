@@ -252,3 +252,15 @@ def test_timestamp_is_utc_with_six_fraction_digits_and_z(moment: dt.datetime) ->
     text = timestamp(moment)
     assert text == utc.isoformat(timespec="microseconds").removesuffix("+00:00") + "Z"
     assert dt.datetime.fromisoformat(text) == utc
+
+
+def test_timestamp_takes_a_datetime_subclass() -> None:
+    """pandas and freezegun hand out datetime subclasses, which msgspec does not encode."""
+    from ledger.chain import timestamp
+
+    class Moment(dt.datetime):
+        pass
+
+    moment = Moment(2025, 1, 2, 3, 4, 5, 60, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    assert timestamp(moment) == "2025-01-02T02:04:05.000060Z"
+    assert timestamp(moment.replace(microsecond=0)) == "2025-01-02T02:04:05.000000Z"

@@ -1,8 +1,8 @@
 """How a rebuild reads the log and fills the tables, and that none of it changes a view.
 
 - A view gets only the steps of the event types it names in ``reads``.
-- A sparse rebuild (the second process's) reads only the types its views and
-  the trade fold need, and never checkpoints a fold that skipped records.
+- A runner whose views all name their types (the rebuild's second process)
+  reads only those and the trade events, which the fold always sees whole.
 - A rebuild fills the tables without their indexes and creates them before
   its last ``flush_every`` records; an index a rebuild did not get to is
   created on the next open.
@@ -15,7 +15,7 @@ import sqlite3
 from typing import Any
 
 from ledger import open_ledger
-from ledger.events import SignalEmitted, StopMoved
+from ledger.events import ParameterChanged, SignalEmitted, StopMoved
 from ledger.projection import StateProjection, Step
 from ledger.runner import Runner
 from projections import Performance, TradeHistory, standard
@@ -66,12 +66,10 @@ def test_a_view_gets_only_the_events_it_reads(sqlite_url: str) -> None:
     assert run(go()) == wanted
 
 
-def test_a_sparse_rebuild_reads_only_what_its_views_need_and_keeps_no_partial_fold(
-    sqlite_url: str,
-) -> None:
-    """Performance reads closes; the fold needs every event that moves money, not
-    signals, parameters or stop moves. The views equal the ones kept record by
-    record, and the fold this runner built is never saved as a checkpoint."""
+def test_a_runner_reads_only_what_its_views_and_the_fold_need(sqlite_url: str) -> None:
+    """Performance reads closes; the fold reads every trade event, so signals and
+    parameter changes stay in the store. The figures equal the ones kept record
+    by record, and the fold this runner checkpoints is the whole one."""
     # a trade left open with its stop moved: a fold that skipped the move differs
     events = [*history(12), opened("open", 1, 100, occurred_at=day(5)), stop_moved("open", 98)]
 
@@ -95,12 +93,15 @@ def test_a_sparse_rebuild_reads_only_what_its_views_need_and_keeps_no_partial_fo
                 return records()
 
             store.read = spy  # type: ignore[method-assign]
-            await runner.rebuild(sparse=True)
+            await runner.rebuild()
             store.read = read  # type: ignore[method-assign]
             assert runner.position == len(events)
-            assert not {"SignalEmitted", "ParameterChanged", "StopMoved"} & set(types)
-            assert types.count("TradeClosed") == 12
-            assert (await store.load_checkpoints())["_trades"] == before
+            trade_events = [
+                e for e in events if not isinstance(e, SignalEmitted | ParameterChanged)
+            ]
+            assert types == [type(e).__name__ for e in trade_events]
+            after = (await store.load_checkpoints())["_trades"]
+            assert (after.position, after.state) == (before.position, before.state)
             found = await views(book)
         figures = [key for key in expected if key.startswith("performance/")]
         assert len(figures) == 6
