@@ -56,8 +56,8 @@ class _Projection(abc.ABC):
     name: ClassVar[str]
     version: ClassVar[int] = 1
     # The event types whose steps ``apply`` needs, or None for every record: the
-    # runner calls ``apply`` with these only. A view that folds trades from its
-    # steps must name every trade event it reads.
+    # runner calls ``apply`` with these only. The trade states in a step are
+    # whole whatever the views read: the fold sees every trade event.
     reads: ClassVar[frozenset[type[Event]] | None] = None
 
     _fault: str | None = None
