@@ -438,7 +438,9 @@ class Runner:
             state.clear_fault()
         for table in self.tables:
             table.db = self.read_model
-        await self.read_model.transact(lambda conn: self._setup_tables(conn, indexed=False))
+        await self.read_model.transact(
+            lambda conn: self._setup_tables(conn, indexed=False), durable=False
+        )
 
         def reset(conn: sqlite3.Connection) -> None:
             for table in self.tables:
