@@ -457,7 +457,8 @@ def _check_decimal(name: str, value: Decimal, kind: str | None) -> Decimal:
         )
     text = str(value)
     fixed = value
-    if len(text) > MAX_DIGITS or not _is_canonical(text):
+    canonical = _is_canonical(text)
+    if len(text) > MAX_DIGITS or not canonical:
         # a short text cannot hold too many digits: the exact count only for long ones
         if (len(text) > MAX_DIGITS or "E" in text) and (
             len(value.as_tuple().digits) > MAX_DIGITS or abs(value.adjusted()) > MAX_DIGITS
@@ -465,7 +466,7 @@ def _check_decimal(name: str, value: Decimal, kind: str | None) -> Decimal:
             raise InvalidEvent(
                 f"{name} has more than {MAX_DIGITS} digits", field=name, rule="digits"
             )
-        if not _is_canonical(text):
+        if not canonical:
             fixed = _canonical(value)
             if len(fixed.as_tuple().digits) > MAX_DIGITS:
                 raise InvalidEvent(

@@ -113,8 +113,7 @@ class TableProjection(_Projection):
 
     tables: ClassVar[tuple[str, ...]] = ()
     # (index name, "table (columns)") pairs. The runner creates them after ``setup``;
-    # a rebuild drops them and creates them once at its end, which costs a third
-    # of keeping them up to date row by row.
+    # a rebuild drops them and creates them before its last records (Runner._fill).
     indexes: ClassVar[tuple[tuple[str, str], ...]] = ()
     # A view that costs much per record can be folded by a second process during a
     # large rebuild (see Runner.rebuild); it must pickle and import there.

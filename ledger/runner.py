@@ -27,7 +27,7 @@ import structlog
 
 from ledger.chain import GENESIS
 from ledger.errors import IntegrityError, InvalidEvent, LedgerError
-from ledger.events import EVENT_TYPES, TRADE_EVENTS, TradeEvent
+from ledger.events import EVENT_TYPES, TRADE_EVENTS, Event, TradeEvent
 from ledger.projection import ReadModel, StateProjection, Step, TableProjection
 from ledger.record import Record
 from ledger.store import Checkpoint, Clock, EventStore
@@ -104,10 +104,7 @@ class Runner:
             raise ValueError(f"projection names must be unique: {names}")
         self.store = store
         self.read_model = read_model
-        self.projections = list(projections)
-        self._routes: dict[type, list[StateProjection | TableProjection]] = {}
-        self.states = [p for p in projections if isinstance(p, StateProjection)]
-        self.tables = [p for p in projections if isinstance(p, TableProjection)]
+        self._use(projections)
         self.clock = clock
         self.checkpoint_every = checkpoint_every
         self.fold = TradeFold()
@@ -127,6 +124,26 @@ class Runner:
         self.replayed = 0
         self.parallel_from = 50_000  # records: below it, a second process costs more than it saves
         self.flush_every = 50_000  # records between writes of the table views in a catch-up
+
+    def _use(self, projections: Sequence[StateProjection | TableProjection]) -> None:
+        """Feed ``projections``, and work out once what feeding them takes: the
+        views of each event type, and which types to read at all."""
+        self.projections = list(projections)
+        self.states = [p for p in projections if isinstance(p, StateProjection)]
+        self.tables = [p for p in projections if isinstance(p, TableProjection)]
+        self._routes: dict[type, list[StateProjection | TableProjection]] = {}
+        needed: set[type[Event]] = set(TRADE_EVENTS)  # the fold sees every trade event
+        for projection in projections:
+            if projection.reads is None:
+                needed = set(EVENT_TYPES.values())
+                break
+            needed |= projection.reads
+        # the event types to read, or None for every record
+        self._kinds: frozenset[str] | None = (
+            None
+            if needed >= set(EVENT_TYPES.values())
+            else frozenset(kind.__name__ for kind in needed)
+        )
 
     @property
     def active(self) -> bool:
@@ -285,17 +302,6 @@ class Runner:
                     "projection_faulted", view=projection.name, position=position, error=repr(e)
                 )
 
-    def _kinds(self) -> frozenset[str] | None:
-        """The event types the views and the fold need, or None for every record."""
-        needed = set(TRADE_EVENTS)  # the fold sees every trade event, whoever reads it
-        for projection in self.projections:
-            if projection.reads is None:
-                return None
-            needed |= projection.reads
-        if needed >= set(EVENT_TYPES.values()):
-            return None
-        return frozenset(kind.__name__ for kind in needed)
-
     async def _catch_up(
         self,
         target: int,
@@ -311,7 +317,7 @@ class Runner:
         """
         applied = 0
         start = self.position + 1
-        kinds = self._kinds()
+        kinds = self._kinds
         records = (
             self.store.read(start, target)
             if kinds is None
@@ -482,10 +488,8 @@ class Runner:
                 await self.checkpoint()
                 return
             process, tables = elsewhere
-            everything = self.projections, self.tables
-            self.projections = [p for p in self.projections if p not in tables]
-            self.tables = [t for t in self.tables if t not in tables]
-            self._routes = {}
+            everything = self.projections
+            self._use([p for p in everything if p not in tables])
             try:
                 await self._fill(head.position, progress)
                 await self.checkpoint()
@@ -495,8 +499,7 @@ class Runner:
                     process.kill()
                 raise
             finally:
-                self.projections, self.tables = everything
-                self._routes = {}
+                self._use(everything)
             self._log.info("rebuild_apart", views=[t.name for t in tables], code=process.returncode)
             if process.returncode:
                 self._log.error(

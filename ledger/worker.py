@@ -1,10 +1,10 @@
-"""The second process of a large rebuild: it folds the table projections.
+"""The second process of a large rebuild: it folds the table projections marked ``apart``.
 
 A rebuild of a long log is bound by one core: the event loop's thread reads,
 decodes and folds every record for every view. So :meth:`Runner.rebuild`
-hands the table projections (history-shaped views, stored in SQLite) to this
-process, which opens the same ledger and rebuilds only those views, while the
-parent folds the others. Each side stores its views with their positions; the
+hands the costliest table projections (marked ``apart``) to this process,
+which opens the same ledger and rebuilds only those views, while the parent
+folds the others. Each side stores its views with their positions; the
 parent then reopens its runner, which takes the tables up wherever this
 process left them.
 
