@@ -61,7 +61,8 @@ _UNIT = "unit"
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, extra={"kind": _ID})]
 Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=64, extra={"kind": _TEXT})]
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=256, extra={"kind": _TEXT})]
-Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z0-9]{1,16}$")]
+# \Z, not $: msgspec searches with re, and $ also matches before a final newline
+Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z0-9]{1,16}\Z")]
 Positive = Annotated[Decimal, msgspec.Meta(extra={"kind": _POSITIVE})]
 Signed = Annotated[Decimal, msgspec.Meta(extra={"kind": _SIGNED})]
 Unit = Annotated[Decimal, msgspec.Meta(extra={"kind": _UNIT})]
@@ -460,9 +461,7 @@ def _check_decimal(name: str, value: Decimal, kind: str | None) -> Decimal:
     canonical = _is_canonical(text)
     if len(text) > MAX_DIGITS or not canonical:
         # a short text cannot hold too many digits: the exact count only for long ones
-        if (len(text) > MAX_DIGITS or "E" in text) and (
-            len(value.as_tuple().digits) > MAX_DIGITS or abs(value.adjusted()) > MAX_DIGITS
-        ):
+        if (len(text) > MAX_DIGITS or "E" in text) and _too_long(value):
             raise InvalidEvent(
                 f"{name} has more than {MAX_DIGITS} digits", field=name, rule="digits"
             )
@@ -481,11 +480,30 @@ def _check_decimal(name: str, value: Decimal, kind: str | None) -> Decimal:
     return fixed
 
 
+def _too_long(value: Decimal) -> bool:
+    """Whether the value itself, its trailing zeros aside (and any zero is 0), has more
+    than MAX_DIGITS digits or its point more than MAX_DIGITS places from them."""
+    exact = decimal.Context(
+        prec=len(value.as_tuple().digits), Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN
+    )
+    reduced = value.normalize(exact)
+    if reduced.is_zero():
+        return False
+    return len(reduced.as_tuple().digits) > MAX_DIGITS or abs(reduced.adjusted()) > MAX_DIGITS
+
+
 def _check_time(moment: dt.datetime, now: dt.datetime | None) -> dt.datetime:
     offset = moment.utcoffset()
     if offset is None:
         raise InvalidEvent("occurred_at must be timezone-aware", field="occurred_at", rule="tz")
-    utc = moment.astimezone(dt.UTC)
+    try:
+        utc = moment.astimezone(dt.UTC)
+    except OverflowError:
+        raise InvalidEvent(
+            f"occurred_at {moment.isoformat()} is beyond the last representable instant",
+            field="occurred_at",
+            rule="range",
+        ) from None
     if utc < EARLIEST:
         raise InvalidEvent(
             f"occurred_at {utc.isoformat()} is before 1970", field="occurred_at", rule="range"

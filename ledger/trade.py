@@ -1,7 +1,9 @@
 """The one fold of a trade's stream into its state, and the rules it enforces.
 
 Accounting is exact ``Decimal`` in the library's own context (``CONTEXT``, 80
-digits: sums and products of 32-digit inputs stay exact), never the caller's;
+digits), never the caller's: sums and products stay exact while they span at
+most 80 digits from their largest to their smallest, which real amounts do (a
+32-digit price beside a 32-place fee is the rare input that is rounded, half-even);
 quotients use ``RATIO`` (34 digits). With d = +1 for long and -1 for short, m the multiplier,
 Q the open quantity and C its open cost:
 
@@ -270,6 +272,8 @@ def _exit(
     # closed trade, whose gross is exactly m*d*(exit proceeds - entry cost).
     released = c.subtract(exit_value, c.subtract(state.entry_cost, cost))
     gross = c.multiply(c.multiply(state.multiplier, state.direction), released)
+    if not gross:  # a short's zero gross is -0; a zero is stored and shown as 0
+        gross = _ZERO
     return msgspec.structs.replace(
         state,
         quantity=c.subtract(state.quantity, quantity),

@@ -72,6 +72,13 @@ INVALID: list[tuple[str, Event, str]] = [
         opened(occurred_at=NOW + MAX_CLOCK_SKEW + dt.timedelta(seconds=1)),
         "occurred_at",
     ),
+    (
+        "past-the-last-instant",  # 9999-12-31 22:00 at UTC-5 is beyond datetime.max in UTC
+        opened(
+            occurred_at=dt.datetime(9999, 12, 31, 22, tzinfo=dt.timezone(-dt.timedelta(hours=5)))
+        ),
+        "occurred_at",
+    ),
     ("not-a-datetime", opened(occurred_at="2026-01-05T09:30:00Z"), "occurred_at"),  # type: ignore[arg-type]
     ("id-129-chars", opened("t" * 129), "trade_id"),
     ("empty-id", opened(""), "trade_id"),
@@ -81,6 +88,7 @@ INVALID: list[tuple[str, Event, str]] = [
     ("escape-in-reason", stop_moved(reason="trail\x1b[31m"), "reason"),
     ("bidi-in-signal-id", signal("s\u202e1"), "signal_id"),
     ("lowercase-currency", opened(currency="usdt"), "currency"),
+    ("currency-trailing-newline", opened(currency="USD\n"), "currency"),
     ("oversized-metadata", opened(metadata={"blob": "x" * 20_000}), "metadata"),
     ("deep-metadata", opened(metadata=nested(9)), "metadata"),
     ("metadata-int-key", opened(metadata={1: "one"}), "metadata"),
@@ -120,6 +128,21 @@ def test_the_biggest_and_smallest_allowed_decimals_are_accepted() -> None:
     event = validate(opened(quantity=big, price=small), now=NOW)
     assert isinstance(event, TradeOpened)
     assert (event.quantity, event.price) == (big, small)
+
+
+@pytest.mark.parametrize(
+    ("written", "stored"),
+    [
+        ("64000." + "0" * 30, "64000"),
+        ("0E+40", "0"),
+        ("0E-40", "0"),
+        ("1" + "0" * 40 + "E-40", "1"),
+    ],
+)
+def test_the_digit_limit_counts_the_value_not_its_trailing_zeros(written: str, stored: str) -> None:
+    """Equal values are accepted alike: trailing zeros and a zero's exponent carry no digits."""
+    event = validate(fee_charged(amount=Decimal(written)), now=NOW)
+    assert msgspec.json.decode(encode_data(event))["amount"] == stored
 
 
 def test_a_day_of_clock_skew_is_allowed_and_more_is_refused() -> None:

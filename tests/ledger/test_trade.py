@@ -132,6 +132,15 @@ def test_a_short_trade_books_the_mirror_gross() -> None:
     assert final.direction == -1
 
 
+def test_a_short_exit_at_its_entry_price_books_a_zero_gross_not_minus_zero() -> None:
+    """d * 0 is -0 for a short; the fold books plain 0, which prints and compares as 0."""
+    state = run(
+        [opened(side="short", quantity=D(2), price=D(100)), reduced(quantity=D(1), price=D(100))]
+    )
+    assert str(state.gross) == "0"
+    assert str(state.net) == "0"
+
+
 def test_the_multiplier_scales_gross_invested_and_risk() -> None:
     """With multiplier m, gross is m*d*(q*p - released), invested is entry cost * m, margin invested/leverage."""
     states = steps(
