@@ -23,6 +23,7 @@ from ledger.errors import (
     InvalidEvent,
     LedgerClosed,
     LedgerError,
+    OutcomeUnknown,
 )
 from ledger.events import Event, natural_event_id, stream_of, validate
 from ledger.failpoints import FailPoints
@@ -191,22 +192,34 @@ class Ledger:
         """
         # record_batch's one-event case, spelled out: this is the hot call, and the
         # batch's lists and extra coroutine cost about a microsecond per event
-        store = self.store
+        store, runner = self.store, self._runner
         try:
-            item = Append(event, expected_version, event_id, metadata)
-            (record,) = await store.append([self._propose(item, self.clock())])
+            proposal = self._propose(
+                Append(event, expected_version, event_id, metadata), self.clock()
+            )
+            (record,) = await store.append([proposal])
         except (InvalidEvent, ConcurrencyError, IdempotencyConflict) as refused:
             _log_refusal(refused)
             raise
-        if isinstance(record, Record):
-            await self.runner.offer([record])
+        except OutcomeUnknown as unknown:
+            unknown.event_ids = (proposal.event_id,)
+            raise
+        # closing meanwhile (a shutdown with appends in flight) takes nothing back: the
+        # record is durable and is returned; the views pick it up on the next open
+        if isinstance(record, Record) and runner is not None and self._state == "open":
+            await runner.offer([record])
         return record
 
     async def record_batch(self, items: Sequence[Event | Append]) -> list[Record | Pending]:
         """Append every item atomically: all are durable, or none is written."""
-        store = self.store
+        store, runner = self.store, self._runner
         now = self.clock()
+        proposals: list[Proposal] = []
         try:
+            try:
+                items = list(items)
+            except TypeError:
+                raise InvalidEvent("record_batch takes a list of events", rule="schema") from None
             proposals = [
                 self._propose(item if isinstance(item, Append) else Append(item), now)
                 for item in items
@@ -217,7 +230,11 @@ class Ledger:
         except (InvalidEvent, ConcurrencyError, IdempotencyConflict) as refused:
             _log_refusal(refused)
             raise
-        await self.runner.offer([r for r in records if isinstance(r, Record)])
+        except OutcomeUnknown as unknown:
+            unknown.event_ids = tuple(p.event_id for p in proposals)
+            raise
+        if runner is not None and self._state == "open":
+            await runner.offer([r for r in records if isinstance(r, Record)])
         return records
 
     def _propose(self, item: Append, now: dt.datetime) -> Proposal:
@@ -225,7 +242,7 @@ class Ledger:
         if item.metadata:
             if not isinstance(item.metadata, dict):
                 raise InvalidEvent("metadata must be a JSON object", field="metadata", rule="json")
-            if isinstance(event, Event):
+            if isinstance(event, Event) and isinstance(event.metadata, dict):
                 event = msgspec.structs.replace(event, metadata={**event.metadata, **item.metadata})
         event = validate(event, now=now)
         expected = item.expected_version

@@ -81,4 +81,10 @@ class StoreUnavailable(StoreError):
 
 
 class OutcomeUnknown(StoreError):
-    """The append was sent but its outcome is unknown; retry with the same event_id."""
+    """The append was sent but its outcome is unknown; retry with the same event_id.
+
+    ``event_ids`` holds the ids the ledger appended under (one per event, in
+    order), including any it generated, so a retry can pass them back.
+    """
+
+    event_ids: tuple[str, ...] = ()

@@ -221,11 +221,12 @@ def _options(url: str) -> tuple[_Options, str, str | None]:
 
 
 class _Request:
-    __slots__ = ("batch", "future", "sent")
+    __slots__ = ("batch", "future", "sent", "taken")
 
     def __init__(self, batch: Sequence[Proposal], future: asyncio.Future[list[Record]]) -> None:
         self.batch = batch
         self.future = future
+        self.taken = False  # in a group being committed: it may be sent whatever happens now
         self.sent = False
 
 
@@ -577,12 +578,12 @@ class RedisStore:
             timer.cancel()
 
     def _expire(self, request: _Request) -> None:
-        if request.sent:
+        if request.taken:  # staged or sent: the writer may still send it
             error: LedgerError = OutcomeUnknown(
-                f"{self.url}: no answer in time after the append was sent; "
+                f"{self.url}: no answer in time after the append was taken up; "
                 "retry with the same event_id"
             )
-        else:
+        else:  # still queued: the writer skips a caller that is answered
             error = StoreUnavailable(f"{self.url}: the write did not start in time")
         _settle(request.future, error)
 
@@ -611,6 +612,8 @@ class RedisStore:
     async def _commit(self, *group: _Request) -> None:
         """Commit the requests still waiting; settle every one of them, whatever happens."""
         live = [r for r in group if not r.future.done()]
+        for request in live:
+            request.taken = True
         try:
             if live:
                 await self._commit_group(live)
@@ -630,7 +633,7 @@ class RedisStore:
         deadline = time.monotonic() + self.timeout
         losses = 0
         while True:
-            outcomes, stage, new = await self._stage(group, known)
+            outcomes, stage, new = await self._stage(group, known, deadline)
             confirm = bool(wanted) and any(isinstance(o, list) for o in outcomes)
             if not new and not confirm:
                 break
@@ -687,7 +690,7 @@ class RedisStore:
             self._streams[stream_id] = await self._load_stream(stream_id)
 
     async def _stage(
-        self, group: list[_Request], known: dict[str, Record]
+        self, group: list[_Request], known: dict[str, Record], deadline: float
     ) -> tuple[list[list[Record] | LedgerError], Stage, list[Row]]:
         """Stage the group in memory on what this client knows of the log.
 
@@ -707,8 +710,10 @@ class RedisStore:
                 if isinstance(proposal.event, TradeOpened | SignalEmitted):
                     streams[stream_id] = (0, None)  # the script checks the version
                 else:
+                    self._in_time(deadline)
                     streams[stream_id] = await self._load_stream(stream_id)
-        checked: set[str] = set()
+        checked_streams: set[str] = set()
+        checked_ids: set[str] = set()
         while True:
             stage = Stage(self._head)
             outcomes = self._stage_all(group, stage, known)
@@ -721,11 +726,13 @@ class RedisStore:
             ]
             # a refusal is believed only after idempotency (is it a retry of a
             # recorded event?) and the refused streams' versions are checked
-            doubtful = {p.stream_id for batch in refused for p in batch} - checked
-            unknown = {p.event_id for batch in refused for p in batch} - checked - known.keys()
+            doubtful = {p.stream_id for batch in refused for p in batch} - checked_streams
+            unknown = {p.event_id for batch in refused for p in batch} - checked_ids - known.keys()
             if not doubtful and not unknown:
                 break
-            checked |= doubtful | unknown
+            checked_streams |= doubtful
+            checked_ids |= unknown
+            self._in_time(deadline)
             names, ids = sorted(doubtful), sorted(unknown)
             pipe = self._client.pipeline(transaction=False)
             pipe.hmget(self._keys["versions"], names or ["-"])
@@ -743,9 +750,18 @@ class RedisStore:
                 break
             self._head = await self.head()
             for stream_id in stale:
+                self._in_time(deadline)
                 self._streams[stream_id] = await self._load_stream(stream_id)
         # only new records enter a stage, in the order their positions were given
         return outcomes, stage, stage.rows
+
+    def _in_time(self, deadline: float) -> None:
+        """Staging reads one call at a time, each bounded; this bounds them all."""
+        if time.monotonic() > deadline:
+            raise StoreUnavailable(
+                f"{self.url}: staging the append took longer than {self.timeout}s; "
+                "nothing was written"
+            )
 
     def _stage_all(
         self, group: list[_Request], stage: Stage, known: dict[str, Record]
@@ -836,10 +852,7 @@ class RedisStore:
             if isinstance(answers[0], redis_errors.NoScriptError):
                 await self._load_on_wire()
                 continue
-            for answer in answers:
-                if isinstance(answer, Exception):
-                    raise answer
-            return (answers[0] if keys else None), (int(answers[1]) if confirm else 0)
+            return self._answered(keys, answers[0], answers[1] if confirm else 0)
         raise StoreUnavailable(f"{self.url} keeps losing the append script; nothing was written")
 
     async def _load_on_wire(self) -> None:
@@ -877,11 +890,27 @@ class RedisStore:
             if isinstance(first, redis_errors.NoScriptError):
                 await self._client.script_load(_APPEND)
                 continue
-            for answer in (first, replicas):
-                if isinstance(answer, Exception):
-                    raise answer
-            return (first if keys else None), int(replicas)
+            return self._answered(keys, first, replicas)
         raise StoreUnavailable(f"{self.url} keeps losing the append script; nothing was written")
+
+    def _answered(self, keys: list[str], first: Any, replicas: Any) -> tuple[Any, int]:
+        """The script's answer and the replicas ``WAIT`` counted, from their replies.
+
+        A refused script raises its error (nothing ran). A refused ``WAIT`` after
+        a script that wrote is ``OutcomeUnknown``: the primary has the append, but
+        whether enough replicas do is unknown.
+        """
+        if isinstance(first, Exception):
+            raise first
+        answer = first if keys else None
+        if isinstance(replicas, Exception):
+            if answer is not None and answer[0] != "OK":
+                return answer, 0  # the script wrote nothing: stage again
+            raise OutcomeUnknown(
+                f"{self.url} refused WAIT ({self._scrub(str(replicas))}) after the append; "
+                "the primary has it, its replicas are unconfirmed; retry with the same event_id"
+            )
+        return answer, int(replicas)
 
     async def _load_stream(self, stream_id: str) -> tuple[int, StreamState]:
         state: StreamState = None

@@ -22,7 +22,7 @@ import datetime as dt
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
@@ -102,6 +102,15 @@ def _decode(blob: bytes) -> list[Proposal]:
     return proposals
 
 
+T = TypeVar("T")
+
+
+def _oldest(conn: sqlite3.Connection) -> tuple[int, bytes, str] | None:
+    """The first batch in line: (seq, batch, spooled_at)."""
+    row = conn.execute("SELECT seq, batch, spooled_at FROM spool ORDER BY seq LIMIT 1").fetchone()
+    return None if row is None else (row[0], row[1], row[2])
+
+
 class Quarantined(msgspec.Struct, frozen=True):
     """A spooled batch Redis refused, kept as it was spooled, with the reason."""
 
@@ -163,7 +172,9 @@ class SpoolStore:
         if not os.path.exists(self.path):
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path, timeout=self.inner.timeout, isolation_level=None, check_same_thread=False
+            )
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             for statement in _SCHEMA:
@@ -173,7 +184,7 @@ class SpoolStore:
         return conn
 
     def _start_forwarding(self) -> None:
-        if self._forwarder is None and self._conn is not None:
+        if (self._forwarder is None or self._forwarder.done()) and self._conn is not None:
             self._forwarder = asyncio.get_running_loop().create_task(self._forward())
 
     async def aclose(self) -> None:
@@ -216,12 +227,20 @@ class SpoolStore:
         ]
 
     async def append(self, batch: Sequence[Proposal]) -> list[Record | Pending]:
+        unknown: OutcomeUnknown | None = None
         if self._pending == 0:
             try:
                 return list(await self.inner.append(batch))
             except (StoreUnavailable, OutcomeUnknown) as e:
                 self._log.error("spooling", address=self.url, reason=str(e), events=len(batch))
-        return await self._spool(batch)
+                unknown = e if isinstance(e, OutcomeUnknown) else None
+        try:
+            return await self._spool(batch)
+        except StoreUnavailable as e:
+            if unknown is None:
+                raise
+            # the append may have landed: the caller must hear so, not "nothing was written"
+            raise OutcomeUnknown(f"{unknown}; and {e}") from e
 
     async def _spool(self, batch: Sequence[Proposal]) -> list[Record | Pending]:
         conn = self._live()
@@ -236,12 +255,9 @@ class SpoolStore:
             return cursor.lastrowid
 
         async with self._lock:
-            try:
-                seq = await asyncio.to_thread(write)
-            except sqlite3.Error as e:
-                raise StoreUnavailable(
-                    f"{self.url} is unreachable and the spool {self.path} failed: {e}"
-                ) from e
+            seq = await self._sql(
+                write, failing=f"{self.url} is unreachable and the spool {self.path}"
+            )
             self._pending += 1
         self._start_forwarding()
         self._wake.set()
@@ -258,9 +274,7 @@ class SpoolStore:
         async with self._draining:
             while True:
                 async with self._lock:
-                    row = conn.execute(
-                        "SELECT seq, batch, spooled_at FROM spool ORDER BY seq LIMIT 1"
-                    ).fetchone()
+                    row = await self._sql(_oldest, conn)
                 if row is None:
                     return sent
                 seq, blob, spooled_at = row
@@ -270,7 +284,7 @@ class SpoolStore:
                     records = await self.inner.append(batch)
                 except (InvalidEvent, ConcurrencyError, IdempotencyConflict) as refused:
                     async with self._lock:
-                        self._quarantine(conn, seq, blob, spooled_at, refused)
+                        await self._sql(self._quarantine, conn, seq, blob, spooled_at, refused)
                         self._pending -= 1
                     self._log.error(
                         "spool_quarantined",
@@ -282,11 +296,19 @@ class SpoolStore:
                     )
                     continue
                 async with self._lock:
-                    conn.execute("DELETE FROM spool WHERE seq = ?", (seq,))
+                    await self._sql(conn.execute, "DELETE FROM spool WHERE seq = ?", (seq,))
                     self._pending -= 1
                 sent += 1
                 if self._drained is not None:
                     await self._drained(records)
+
+    async def _sql(self, work: Callable[..., T], *args: Any, failing: str = "") -> T:
+        """Run ``work(*args)`` on the spool's connection off the event loop (a locked
+        file waits out sqlite's busy timeout there), its faults as ``StoreUnavailable``."""
+        try:
+            return await asyncio.to_thread(work, *args)
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"{failing or 'the spool ' + self.path} failed: {e}") from e
 
     def _quarantine(
         self,
@@ -316,8 +338,8 @@ class SpoolStore:
                 await self.drain()
             except (StoreUnavailable, OutcomeUnknown) as e:
                 self._log.info("spool_waiting", address=self.url, reason=str(e))
-            except LedgerError as e:  # never let the forwarder die: the spool is kept
-                self._log.error("spool_stalled", address=self.url, error=str(e))
+            except Exception as e:  # never let the forwarder die: the spool is kept
+                self._log.error("spool_stalled", address=self.url, error=repr(e))
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
             # that lands as the wake-up does, and aclose() would wait forever
             with contextlib.suppress(TimeoutError):

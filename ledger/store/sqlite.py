@@ -93,9 +93,8 @@ _INSERT = f"INSERT INTO records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 
 _SELECT = f"SELECT {_COLUMNS} FROM records"
 
 # SQLite result codes after which a failed COMMIT certainly wrote nothing.
-_NOTHING_WRITTEN = frozenset(
-    {"SQLITE_FULL", "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_READONLY", "SQLITE_NOMEM"}
-)
+# Not SQLITE_NOMEM: it can strike after the commit frame is written and synced.
+_NOTHING_WRITTEN = frozenset({"SQLITE_FULL", "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_READONLY"})
 
 _QUEUED, _RUNNING, _CANCELLED = range(3)
 _MAX_GROUP_EVENTS = 4096
@@ -376,6 +375,7 @@ class _Writer:
             request.settle(result)
         finally:
             if not request.durable:
+                self.rollback()  # SQLite refuses the pragma inside a transaction
                 self.conn.execute("PRAGMA synchronous = FULL")
 
     def commit_group(self, group: list[_Request], *, look_up: bool = False) -> None:
@@ -677,6 +677,13 @@ class SqliteStore:
         writer.deadlines.add(request.loop, request.future, self.timeout)
         try:
             return await request.future
+        except asyncio.CancelledError:
+            # a cancelled caller's append that has not started is withdrawn, so a caller
+            # that cancels never finds its event written behind its back; work (a view's
+            # table flush) always runs to the end, the runner counts on it
+            if request.work is None:
+                writer.cancel(request)
+            raise
         except _Expired:
             if writer.cancel(request):
                 raise StoreUnavailable(

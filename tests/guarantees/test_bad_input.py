@@ -250,6 +250,36 @@ CATALOGUE: list[Case] = [
         "schema",
     ),
     Case(
+        "a currency with a trailing newline",
+        InvalidEvent,
+        api(new(currency="USDT\n")),
+        line(currency="USDT\n"),
+        "currency",
+        "schema",
+    ),
+    Case(
+        "a time past the last instant in UTC",
+        InvalidEvent,
+        api(
+            new(
+                occurred_at=dt.datetime(
+                    9999, 12, 31, 22, tzinfo=dt.timezone(-dt.timedelta(hours=5))
+                )
+            )
+        ),
+        line(occurred_at="9999-12-31T22:00:00-05:00"),
+        "occurred_at",
+        "range",
+    ),
+    Case(
+        "metadata given for an event whose own metadata is not an object",
+        InvalidEvent,
+        api(new(metadata=None), metadata={"run": 1}),
+        None,
+        "metadata",
+        "schema",
+    ),
+    Case(
         "a parameter value of a type JSON keeps inexact",
         InvalidEvent,
         api(

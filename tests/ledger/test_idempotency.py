@@ -380,3 +380,62 @@ def test_opening_while_another_process_holds_the_write_lock_raises_store_unavail
         assert holder.stdout is not None
         holder.stdout.close()
     asyncio.run(reopen())
+
+
+def test_outcome_unknown_names_the_generated_event_id_and_a_retry_with_it_records_once(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fee has no natural key: OutcomeUnknown carries the id the ledger drew, and passing it back records the fee once."""
+    fee = fee_charged("t1", amount=Decimal("2.5"))
+
+    async def stalled() -> tuple[str, ...]:
+        async with open_ledger(sqlite_url) as book:
+            await book.record(opened("t1"))
+        monkeypatch.setenv(ENV, "after_commit=sleep:1.0")
+        async with open_ledger(sqlite_url, timeout=0.3) as book:
+            with pytest.raises(OutcomeUnknown) as caught:
+                await book.record(fee)
+            return caught.value.event_ids
+
+    ids = asyncio.run(stalled())
+    monkeypatch.delenv(ENV)
+
+    async def retried() -> tuple[Any, list[Any]]:
+        async with open_ledger(sqlite_url) as book:
+            record = await book.record(fee, event_id=ids[0])
+            return record, [r async for r in book.store.read()]
+
+    record, records = asyncio.run(retried())
+    assert len(ids) == 1
+    assert [r.type for r in records] == ["TradeOpened", "FeeCharged"]
+    assert record == records[-1]
+    assert record.event_id == ids[0]
+
+
+def test_a_cancelled_record_whose_write_had_not_started_is_never_written(
+    sqlite_url: str,
+) -> None:
+    """A caller that gives up (its own asyncio.timeout) while another process holds the write lock finds nothing written, so retrying is no double booking."""
+
+    async def body() -> list[Any]:
+        async with open_ledger(sqlite_url, timeout=5) as book:
+            await book.record(opened("t1"))
+            holder = subprocess.Popen(
+                [sys.executable, "-c", _HOLD_LOCK, path_of(sqlite_url), "1.0"],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                assert holder.stdout is not None
+                assert holder.stdout.readline().strip() == "locked"
+                with pytest.raises(TimeoutError):
+                    async with asyncio.timeout(0.3):
+                        await book.record(fee_charged("t1", amount=Decimal("2.5")))
+            finally:
+                await asyncio.to_thread(holder.wait, 30)
+                assert holder.stdout is not None
+                holder.stdout.close()
+            await book.record(fee_charged("t1", amount=Decimal("2.5")))  # the caller's retry
+            return [r.type async for r in book.store.read()]
+
+    assert asyncio.run(body()) == ["TradeOpened", "FeeCharged"]

@@ -289,6 +289,25 @@ def test_four_processes_appending_to_one_file_lose_and_duplicate_nothing(sqlite_
 # Integrity
 
 
+def test_closing_with_appends_in_flight_returns_every_durable_record_to_its_caller(
+    sqlite_url: str,
+) -> None:
+    """A shutdown (aclose) while callers await record(): each caller gets its record, never LedgerClosed for an event on disk."""
+
+    async def body() -> tuple[list[Any], set[str]]:
+        book = await open_ledger(sqlite_url)
+        calls = [asyncio.ensure_future(book.record(opened(f"t{n}"))) for n in range(100)]
+        await asyncio.sleep(0)
+        await book.aclose()
+        told = await asyncio.gather(*calls, return_exceptions=True)
+        async with open_ledger(sqlite_url) as again:
+            return told, {r.stream_id async for r in again.store.read()}
+
+    told, logged = asyncio.run(body())
+    assert all(isinstance(t, Record) for t in told), Counter(type(t).__name__ for t in told)
+    assert logged == {f"trade-t{n}" for n in range(100)}
+
+
 def test_a_record_altered_beneath_the_triggers_is_caught_by_rehashing(sqlite_url: str) -> None:
     """Changing one byte of a record's data (triggers dropped) makes check_link report a ChainBreak at it."""
 

@@ -37,6 +37,7 @@ from projections import OpenPositions, Pnl, TradeHistory
 from tests.lifecycles import (
     T0,
     closed,
+    fee_charged,
     funding,
     opened,
     parameter,
@@ -463,6 +464,69 @@ def test_cancelling_one_record_call_leaves_other_callers_and_retries_sound(
     assert theirs in records and retried in records
     assert len(records) == 3
     assert chain_problems(records) == []
+
+
+def test_a_caller_told_nothing_was_written_finds_nothing_written(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A fresh process, a short timeout and 600 streams it has to load: callers that hear StoreUnavailable (queued or staging too long) find their event absent; every answered record is present."""
+    url = redis_server.url(tmp_path)
+    count = 600
+
+    async def body() -> tuple[list[str], list[str], set[str]]:
+        async with open_ledger(url) as book:
+            await book.record_batch([opened(f"t{i}") for i in range(count)])
+        async with open_ledger(url.replace(".views.db", "-2.views.db"), timeout=0.05) as book:
+
+            async def one(i: int) -> str:
+                try:
+                    await book.record(fee_charged(f"t{i}"), event_id=f"fee-{i}")
+                except StoreUnavailable:
+                    return "unavailable"
+                except OutcomeUnknown:
+                    return "unknown"
+                return "recorded"
+
+            told = await asyncio.gather(*(one(i) for i in range(count)))
+            batch = [fee_charged(f"t{i}") for i in range(count)]
+            with pytest.raises(StoreUnavailable):  # one caller, in its own task: the same bound
+                await book.record_batch(batch)
+            await asyncio.sleep(0.5)  # anything still in flight lands first
+            logged = {r.event_id for r in await all_records(book) if r.type == "FeeCharged"}
+            return told, [f"fee-{i}" for i in range(count)], logged
+
+    told, ids, logged = run(body())
+    assert "unavailable" in told  # the bound was reached: the check below means something
+    for outcome, event_id in zip(told, ids, strict=True):
+        if outcome == "unavailable":
+            assert event_id not in logged
+        if outcome == "recorded":
+            assert event_id in logged
+    assert all(event_id.startswith("fee-") for event_id in logged)  # the batch left nothing
+
+
+def test_a_refused_wait_after_the_script_wrote_is_outcome_unknown(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    """An ACL without WAIT (as on some managed services) with wait_replicas=1: the primary has the append, so the caller hears OutcomeUnknown, and the retry records nothing twice."""
+    server = make_server()
+    client = server.client()
+    client.acl_setuser(
+        "nowait", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+        commands=["+@all", "-wait"],
+    )  # fmt: skip
+    client.close()
+    url = server.url(tmp_path, wait_replicas="1").replace("redis://", "redis://nowait:pw@")
+
+    async def body() -> list[Any]:
+        async with open_ledger(url, timeout=0.5) as book:
+            for _ in range(2):
+                with pytest.raises(OutcomeUnknown, match="WAIT"):
+                    await book.record(opened("t1"))
+            return await all_records(book)
+
+    records = run(body())
+    assert [r.stream_id for r in records] == ["trade-t1"]
 
 
 def test_redis_out_of_memory_refuses_the_append_before_writing_anything(

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from ledger import Append, Ledger, Pending, Record, StoreUnavailable, open_ledger
+from ledger import Append, Ledger, OutcomeUnknown, Pending, Record, StoreUnavailable, open_ledger
 from ledger.store.spool import SpoolStore
 from projections import OpenPositions
-from tests.lifecycles import closed, increased, opened, signal, stop_moved
+from tests.lifecycles import closed, fee_charged, increased, opened, signal, stop_moved
 from tests.redis.conftest import MakeServer
 from tests.redis.support import all_records, chain_problems, eventually, pause, resume
 from tests.servers import RedisServer
@@ -212,3 +215,75 @@ def test_a_spool_ledger_refuses_to_open_while_redis_is_unreachable(
     server.stop()
     with pytest.raises(StoreUnavailable):
         run(open_ledger(url).open())
+
+
+def _hold_write_lock(path: Path, seconds: float) -> threading.Event:
+    """Another connection write-locks the spool file for ``seconds`` (a backup, a shell)."""
+    locked = threading.Event()
+
+    def hold() -> None:
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        locked.set()
+        time.sleep(seconds)
+        conn.execute("ROLLBACK")
+        conn.close()
+
+    threading.Thread(target=hold, daemon=True).start()
+    locked.wait(10)
+    return locked
+
+
+def test_a_locked_spool_file_stalls_the_drain_without_blocking_the_loop_or_killing_it(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    """The spool file write-locked past the busy timeout: the drain waits off the event loop, and once the lock goes the spool drains and appends go straight to Redis again."""
+    server = make_server()
+    spool = tmp_path / "spool.db"
+    url = server.url(tmp_path, spool=str(spool))
+
+    async def body() -> tuple[float, list[Any]]:
+        async with open_ledger(url, timeout=0.3) as book:
+            spool_of(book).retry_every = 0.1
+            server.stop()
+            assert isinstance(await book.record(opened("t1")), Pending)
+            _hold_write_lock(spool, 1.5)
+            server.start()
+            began = time.monotonic()
+            await asyncio.sleep(0.2)
+            slept = time.monotonic() - began  # the loop ran on while the drain waited
+            await drained(book)  # the forwarder outlived the lock
+            await book.record(stop_moved("t1"), event_id="m1")
+            await drained(book)
+            return slept, await all_records(book)
+
+    slept, records = run(body())
+    assert slept < 0.3 + 0.2  # never the busy timeout on the loop's thread
+    assert [r.type for r in records] == ["TradeOpened", "StopMoved"]
+
+
+def test_an_append_whose_outcome_is_unknown_stays_outcome_unknown_when_the_spool_fails_too(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    """Redis hangs after the script was sent and the spool is locked: the caller hears OutcomeUnknown (it may have landed), not StoreUnavailable."""
+    server = make_server()
+    spool = tmp_path / "spool.db"
+    url = server.url(tmp_path, spool=str(spool))
+
+    async def body() -> tuple[tuple[str, ...], list[Any]]:
+        async with open_ledger(url, timeout=0.3) as book:
+            await book.record(opened("t1"))
+            _hold_write_lock(spool, 1.0)
+            pause(server)
+            try:
+                with pytest.raises(OutcomeUnknown) as caught:
+                    await book.record(fee_charged("t1"))
+            finally:
+                resume(server)
+            ids = caught.value.event_ids
+            await book.record(fee_charged("t1"), event_id=ids[0])  # the retry it owes
+            return ids, await all_records(book)
+
+    ids, records = run(body())
+    assert [r.type for r in records] == ["TradeOpened", "FeeCharged"]
+    assert records[1].event_id == ids[0]
