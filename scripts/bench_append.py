@@ -6,9 +6,12 @@ b: ``--producers`` asyncio tasks on one open ledger; c: the physical baseline,
 a's rows inserted by plain sqlite3 with one commit per row; d: group commit
 through aiosqlite's public API instead of the store's writer thread (per group
 BEGIN IMMEDIATE, per event SELECT by event_id, SELECT max(version), INSERT, then
-COMMIT: one thread hop per statement), with 1 and N producers. c and d skip
-validation, rules and encoding. Scenarios run in interleaved ``--rounds``; each
-row is its median round. Goals: a >= 0.5 x c, b >= 1.5 x c. "ev/commit": events per commit.
+COMMIT: one thread hop per statement), with 1 and N producers; e: the floor of
+any writer that keeps the caller's event loop free, c's rows handed one at a
+time from an asyncio producer to a thread (BEGIN IMMEDIATE, INSERT, COMMIT) and
+answered back through the loop. c, d and e skip validation, rules and encoding.
+Scenarios run in interleaved ``--rounds``; each row is its median round.
+Goals: a >= 0.5 x c, b >= 1.5 x c. "ev/commit": events per commit.
 
     .venv/bin/python scripts/bench_append.py                 # 5000 events, 3 rounds
     .venv/bin/python scripts/bench_append.py --quick         # CI smoke: 500 events, 1 round
@@ -27,6 +30,7 @@ import sqlite3
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -182,6 +186,48 @@ def bench_sqlite3(path: Path, source: Path) -> Result:
     return result("c sqlite3, commit per row", 1, seconds, len(rows), latencies)
 
 
+async def bench_handoff(path: Path, source: Path) -> Result:
+    """c's rows, each awaited by one asyncio producer while a thread commits it."""
+    with contextlib.closing(sqlite3.connect(source)) as conn:
+        rows = conn.execute("SELECT * FROM records ORDER BY position").fetchall()
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.executescript(SCHEMA)
+    loop = asyncio.get_running_loop()
+    ready = threading.Condition()
+    waiting: list[tuple[Any, asyncio.Future[None]]] = []
+
+    def writer() -> None:
+        while True:
+            with ready:
+                while not waiting:
+                    ready.wait()
+                values, future = waiting.pop()
+            if values is None:
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(INSERT, values)
+            conn.execute("COMMIT")
+            loop.call_soon_threadsafe(future.set_result, None)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+
+    async def append(values: Any) -> None:
+        future = loop.create_future()
+        with ready:
+            waiting.append((values, future))
+            ready.notify()
+        await future
+
+    seconds, latencies = await drive([rows], append)  # type: ignore[list-item]
+    with ready:
+        waiting.append((None, loop.create_future()))
+        ready.notify()
+    thread.join()
+    conn.close()
+    return result("e thread hand-off floor", 1, seconds, len(rows), latencies)
+
+
 async def bench_aiosqlite(path: Path, name: str, lanes: list[list[Event]]) -> Result:
     proposals = {id(event): propose(event) for lane in lanes for event in lane}
     conn = await aiosqlite.connect(path, isolation_level=None)
@@ -240,7 +286,8 @@ async def measure(directory: Path, count: int, producers: int, rounds: int) -> l
         c = bench_sqlite3(where / "c.db", where / "a.db")
         d1 = await bench_aiosqlite(where / "d1.db", "d aiosqlite group commit", single)
         dn = await bench_aiosqlite(where / "dn.db", "d aiosqlite group commit", many)
-        runs.append((a, b, c, d1, dn))
+        e = await bench_handoff(where / "e.db", where / "a.db")
+        runs.append((a, b, c, d1, dn, e))
     columns = zip(*runs, strict=True)  # one column of rounds per scenario
     return [sorted(column, key=lambda r: r.per_second)[rounds // 2] for column in columns]
 
@@ -253,11 +300,14 @@ def report(results: list[Result], where: Path, rounds: int) -> dict[str, float]:
     for r in results:
         print(ROW.format(r))
     a, b, c = (r.per_second for r in results[:3])
-    ratios = {"a/c": a / c, "b/c": b / c}
+    ratios = {"a/c": a / c, "b/c": b / c, "e/c": results[5].per_second / c}
     print("\n| ratio | value | goal | result |\n|---|--:|--:|---|")
     for key, value in ratios.items():
-        verdict = "PASS" if value >= GOALS[key] else "FAIL"
-        print(f"| {key} | {value:.2f} | >= {GOALS[key]} | {verdict} |")
+        if key in GOALS:
+            verdict = "PASS" if value >= GOALS[key] else "FAIL"
+            print(f"| {key} | {value:.2f} | >= {GOALS[key]} | {verdict} |")
+        else:
+            print(f"| {key} | {value:.2f} | | the ceiling for a, given the hand-off |")
     return ratios
 
 
