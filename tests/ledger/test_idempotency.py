@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -290,6 +291,24 @@ _HOLD_LOCK = textwrap.dedent(
 )
 
 
+@contextlib.contextmanager
+def write_lock_held(url: str, seconds: float) -> Iterator[None]:
+    """Another process holds the ledger's write lock, for ``seconds`` from entering."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, path_of(url), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        holder.wait(30)
+        holder.stdout.close()
+    assert holder.returncode == 0
+
+
 def test_a_wait_cut_before_the_write_started_raises_store_unavailable_and_writes_nothing(
     sqlite_url: str,
 ) -> None:
@@ -298,22 +317,10 @@ def test_a_wait_cut_before_the_write_started_raises_store_unavailable_and_writes
     async def body() -> tuple[int, Any]:
         async with open_ledger(sqlite_url, timeout=0.3) as book:
             await book.record(opened("t0"))
-            holder = subprocess.Popen(
-                [sys.executable, "-c", _HOLD_LOCK, path_of(sqlite_url), "1.5"],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            try:
-                assert holder.stdout is not None
-                assert holder.stdout.readline().strip() == "locked"
+            with write_lock_held(sqlite_url, 1.5):
                 with pytest.raises(StoreUnavailable):
                     await book.record(opened("t1"))
                 during = count_rows(sqlite_url)
-            finally:
-                await asyncio.to_thread(holder.wait, 30)
-                assert holder.stdout is not None
-                holder.stdout.close()
-            assert holder.returncode == 0
             later = await book.record(opened("t1"))
             return during, later
 
@@ -365,20 +372,8 @@ def test_opening_while_another_process_holds_the_write_lock_raises_store_unavail
             pass
 
     asyncio.run(create())
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLD_LOCK, path_of(sqlite_url), "1.5"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(StoreUnavailable):
-            asyncio.run(reopen())
-    finally:
-        holder.wait(30)
-        assert holder.stdout is not None
-        holder.stdout.close()
+    with write_lock_held(sqlite_url, 1.5), pytest.raises(StoreUnavailable):
+        asyncio.run(reopen())
     asyncio.run(reopen())
 
 
@@ -420,21 +415,9 @@ def test_a_cancelled_record_whose_write_had_not_started_is_never_written(
     async def body() -> list[Any]:
         async with open_ledger(sqlite_url, timeout=5) as book:
             await book.record(opened("t1"))
-            holder = subprocess.Popen(
-                [sys.executable, "-c", _HOLD_LOCK, path_of(sqlite_url), "1.0"],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            try:
-                assert holder.stdout is not None
-                assert holder.stdout.readline().strip() == "locked"
-                with pytest.raises(TimeoutError):
-                    async with asyncio.timeout(0.3):
-                        await book.record(fee_charged("t1", amount=Decimal("2.5")))
-            finally:
-                await asyncio.to_thread(holder.wait, 30)
-                assert holder.stdout is not None
-                holder.stdout.close()
+            with write_lock_held(sqlite_url, 1.0), pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.3):
+                    await book.record(fee_charged("t1", amount=Decimal("2.5")))
             await book.record(fee_charged("t1", amount=Decimal("2.5")))  # the caller's retry
             return [r.type async for r in book.store.read()]
 
