@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from ledger.errors import InvalidEvent
-from ledger.events import EVENT_TYPES, AnyEvent, Event
+from ledger.events import EVENT_TYPES, AnyEvent, Event, canonical_numbers
 
 __all__ = [
     "UPCASTERS",
@@ -81,7 +81,7 @@ def decode_event(kind: str, schema_version: int, data: str, metadata: str = _NO_
             payload = _dict_decoder.decode(data)
             for version in range(schema_version, cls.schema_version):
                 payload = UPCASTERS[(kind, version)](payload)
-            event = msgspec.convert(payload, type=cls)
+            event = canonical_numbers(msgspec.convert(payload, type=cls))
         else:
             raise InvalidEvent(
                 f"{kind} schema {schema_version} is newer than this code ({cls.schema_version})",

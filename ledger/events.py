@@ -351,6 +351,20 @@ def canonical_decimal(value: Decimal) -> Decimal:
     return value if _is_canonical(text) else _canonical(value)
 
 
+def canonical_numbers(event: Event) -> Event:
+    """``event`` with every decimal field in its canonical form (for events read from old
+    schemas, which were stored before that form was the rule)."""
+    values = msgspec.structs.astuple(event)
+    changes: dict[str, Decimal] = {}
+    for i, name, _kind in _FIELDS[type(event)].numbers:
+        value = values[i]
+        if isinstance(value, Decimal) and value.is_finite():
+            fixed = canonical_decimal(value)
+            if fixed is not value:
+                changes[name] = fixed
+    return msgspec.structs.replace(event, **changes) if changes else event
+
+
 def _is_canonical(text: str) -> bool:
     # decided from the text alone: the common case costs no decimal arithmetic
     return "E" not in text and not ("." in text and text[-1] == "0") and text != "-0"

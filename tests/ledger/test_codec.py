@@ -115,6 +115,14 @@ def test_a_v1_stop_moved_decodes_to_the_current_stop_moved() -> None:
     assert StopMoved.schema_version == 2
 
 
+def test_an_upcast_event_carries_its_decimals_in_canonical_form() -> None:
+    """A v1 stop stored as "101.50" upcasts to 101.5, so re-encoding it gives the canonical bytes."""
+    old = V1_STOP_MOVED.replace('"101.5"', '"101.50"')
+    event = decode_event("StopMoved", 1, old)
+    assert str(event.stop_price) == "101.5"
+    assert '"stop_price":"101.5"' in encode_data(event)
+
+
 def test_a_v1_stop_moved_keeps_its_metadata() -> None:
     """Upcasting leaves the record's metadata attached to the event."""
     event = decode_event("StopMoved", 1, V1_STOP_MOVED, '{"actor":"old-bot"}')
