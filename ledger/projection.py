@@ -119,11 +119,14 @@ class TableProjection(_Projection):
     # large rebuild (see Runner.rebuild); it must pickle and import there.
     apart: ClassVar[bool] = False
     db: ReadModel
+    # Why the rows ``setup`` loads cannot be read (damaged, or written by another
+    # format), or None; the runner then rebuilds the view instead of failing to open.
+    unreadable: str | None = None
 
     @abc.abstractmethod
     def setup(self, conn: sqlite3.Connection) -> None:
         """Create the tables (not ``indexes``) if missing and load whatever small
-        state ``apply`` needs."""
+        state ``apply`` needs; rows that do not load set ``unreadable``."""
 
     def reset(self, conn: sqlite3.Connection) -> None:
         """Delete every row, ready to fold from position 1."""

@@ -107,6 +107,7 @@ class Runner:
         self._use(projections)
         self.clock = clock
         self.checkpoint_every = checkpoint_every
+        self.follow_retry = 1.0
         self.fold = TradeFold()
         self.position = 0
         self.hash = GENESIS
@@ -185,6 +186,8 @@ class Runner:
                     f"the log ends at position {head.position} but view {table.name!r} "
                     f"was built to {position}: records were removed from the tail"
                 )
+            elif table.unreadable is not None:
+                reason = table.unreadable
             elif position and not await self._hash_matches(position, digest_):
                 reason = f"the log no longer has its hash at position {position}"
             if reason is not None:
@@ -366,10 +369,10 @@ class Runner:
                         "INSERT OR REPLACE INTO projection_positions VALUES (?, ?, ?, ?)",
                         (table.name, table.identity(), position, digest_),
                     )
-                except sqlite3.Error as e:
+                except Exception as e:  # the database's refusal or the view's own bug
                     conn.execute("ROLLBACK TO view")
-                    table.fault(f"cannot store rows at position {position}: {e}")
-                    self._log.error("projection_faulted", view=table.name, error=str(e))
+                    table.fault(f"cannot store rows at position {position}: {e!r}")
+                    self._log.error("projection_faulted", view=table.name, error=repr(e))
                 conn.execute("RELEASE view")
 
         task = asyncio.ensure_future(self._write(work, tables, position))
@@ -415,8 +418,10 @@ class Runner:
                     self._apply(following)
                 await self._flush()
                 self._maybe_checkpoint()
-            except LedgerError as e:
-                self._log.error("views_behind", position=self.position, error=str(e))
+            except (
+                Exception
+            ) as e:  # the record is durable: the caller gets it; the next offer catches up
+                self._log.error("views_behind", position=self.position, error=repr(e))
             finally:
                 for position in [p for p in self._pending if p <= self.position]:
                     del self._pending[position]
@@ -430,9 +435,15 @@ class Runner:
             await self._catch_up(head.position)
 
     async def follow(self) -> None:
-        """Apply records as the store announces them, until cancelled."""
-        async for record in self.store.subscribe(self.position + 1):
-            await self.offer([record])
+        """Apply records as the store announces them, until cancelled; a store that
+        fails is tried again after ``follow_retry`` seconds, from where the views stand."""
+        while True:
+            try:
+                async for record in self.store.subscribe(self.position + 1):
+                    await self.offer([record])
+            except LedgerError as e:
+                self._log.error("follow_failed", position=self.position, error=str(e))
+            await asyncio.sleep(self.follow_retry)
 
     async def _reset_all(self) -> None:
         """Every view empty at position 0, the tables without their indexes

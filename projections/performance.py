@@ -264,11 +264,14 @@ class Performance(TableProjection):
                 net TEXT NOT NULL)"""
         )
         decoder = msgspec.json.Decoder(_Stats)
-        self._stats = {}
-        for currency, kind, value, state in conn.execute(
-            "SELECT currency, kind, value, state FROM performance_stats"
-        ):
-            self._stats[(currency, kind, value)] = decoder.decode(state)
+        self._stats, self.unreadable = {}, None
+        try:
+            for currency, kind, value, state in conn.execute(
+                "SELECT currency, kind, value, state FROM performance_stats"
+            ):
+                self._stats[(currency, kind, value)] = decoder.decode(state)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            self._stats, self.unreadable = {}, f"its stored figures do not decode: {e}"
 
     def apply(self, step: Step) -> None:
         trade = step.after

@@ -325,6 +325,27 @@ def test_a_table_view_whose_hash_is_no_longer_the_logs_is_rebuilt(
     assert_same_views(found, expected)
 
 
+def test_a_table_view_whose_stored_figures_do_not_decode_is_rebuilt_not_fatal(
+    tmp_path: Path,
+) -> None:
+    """A damaged performance_stats row: the ledger opens, warns, and rebuilds that view to the exact figures."""
+    url = url_of(tmp_path / "ledger.db")
+    events = history(6)
+
+    async def go() -> None:
+        async with open_ledger(url, standard()) as book:
+            records = [await book.record(event) for event in events]
+        with contextlib.closing(sqlite3.connect(tmp_path / "ledger.db")) as conn, conn:
+            conn.execute("UPDATE performance_stats SET state = '{\"currency\": 1}'")
+        with structlog.testing.capture_logs() as logs:
+            async with open_ledger(url, standard()) as book:
+                found = await views(book)
+        assert any(log["event"] == "view_rebuilt" and log["view"] == "performance" for log in logs)
+        assert_same_views(found, await rebuilt_views(records, url_of(tmp_path / "fresh.db")))
+
+    run(go())
+
+
 def test_a_checkpoint_moved_to_another_position_is_discarded(
     recorded: tuple[Path, dict[str, Any]],
 ) -> None:
@@ -485,6 +506,46 @@ def test_a_table_view_that_raises_is_faulted_and_fails_its_queries(tmp_path: Pat
             history_page = await book.view(TradeHistory).trades()
             assert [t.trade_id for t in history_page.trades] == ["a"]
             assert history_page.trades[0].net == D(30) - D("0.5")
+
+    run(go())
+
+
+def test_a_table_view_whose_write_raises_is_faulted_alone_and_every_append_returns(
+    tmp_path: Path,
+) -> None:
+    """A table view's own bug at write time (not a database error): record() still returns the durable record, that view alone is faulted, the other tables keep every row, and a follower keeps following."""
+
+    class Stubborn(Signals):
+        def take(self) -> Any:
+            write = super().take()
+
+            def refuse(conn: sqlite3.Connection) -> None:
+                write(conn)
+                if conn.execute("SELECT count(*) FROM signals").fetchone()[0] > 1:
+                    raise ValueError("cannot format the second signal")
+
+            return refuse
+
+    url = url_of(tmp_path / "ledger.db")
+    events = [signal_event("s1"), signal_event("s2", occurred_at=day(0, 11, 30)), *FAULTY_BOOK]
+
+    async def go() -> None:
+        projections = [p for p in standard() if not isinstance(p, Signals)]
+        async with open_ledger(url, [*projections, Stubborn()], follow=True) as follower:
+            async with open_ledger(url) as writer:
+                await record_all(writer, events[:2])
+            async with open_ledger(url, [TradeHistory(), Stubborn()]) as book:
+                records = [await book.record(event) for event in events[2:]]
+                assert [r.position for r in records] == [3, 4, 5, 6, 7]
+                history_page = await book.view(TradeHistory).trades()
+                assert [t.trade_id for t in history_page.trades] == ["a"]
+            deadline = time.monotonic() + 5
+            while follower.runner.position < 7 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert follower.runner.position == 7  # the follower outlived the fault
+            with pytest.raises(ProjectionFaulted):
+                await follower.view(Stubborn).signals()
+            assert follower.view(OpenPositions).positions()[0].trade_id == "b"
 
     run(go())
 
