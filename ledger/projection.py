@@ -122,6 +122,8 @@ class TableProjection(_Projection):
     # Why the rows ``setup`` loads cannot be read (damaged, or written by another
     # format), or None; the runner then rebuilds the view instead of failing to open.
     unreadable: str | None = None
+    # The position ``take`` hands rows over for (set by the runner just before it).
+    taken_at: int = 0
 
     @abc.abstractmethod
     def setup(self, conn: sqlite3.Connection) -> None:

@@ -108,6 +108,8 @@ class Runner:
         self.clock = clock
         self.checkpoint_every = checkpoint_every
         self.follow_retry = 1.0
+        # each table view's position as this process last stored it (see _flush)
+        self._written: dict[str, int] = {}
         self.fold = TradeFold()
         self.position = 0
         self.hash = GENESIS
@@ -194,7 +196,7 @@ class Runner:
                 self._log.warning("view_rebuilt", view=table.name, reason=reason)
                 resets.append(table)
                 position = 0
-            self._at[table.name] = position
+            self._at[table.name] = self._written[table.name] = position
         if resets:
             await self.read_model.transact(lambda conn: self._reset_tables(conn, resets))
         low = min(self._at.values())
@@ -358,17 +360,43 @@ class Runner:
         position, digest_ = self.position, self.hash
         tables = [t for t in self.tables if not t.faulted]
         settled = all(t.settled for t in tables)
+        for table in tables:
+            table.taken_at = position
         writes = [(table, table.take()) for table in tables]
 
+        written = self._written
+
         def work(conn: sqlite3.Connection) -> None:
+            # Several processes may keep the views of one file. Each writes only on top
+            # of rows at least as far as its own last write, and never moves a view back:
+            # a process behind another leaves the rows to it (they fold the same log).
             for table, write in writes:
+                identity, base = table.identity(), written.get(table.name, 0)
+                row = conn.execute(
+                    "SELECT identity, position FROM projection_positions WHERE name = ?",
+                    (table.name,),
+                ).fetchone()
+                stored = 0 if row is None else row[1]
+                if (row is not None and row[0] != identity) or stored < base:
+                    table.fault(
+                        f"another process rebuilt this view or keeps it with other settings "
+                        f"(stored at position {stored}; this process wrote it to {base}); "
+                        "reopen the ledger to read it"
+                    )
+                    self._log.error("projection_faulted", view=table.name, stored=stored)
+                    continue
+                ahead = stored >= position
                 conn.execute("SAVEPOINT view")
                 try:
-                    write(conn)
-                    conn.execute(
-                        "INSERT OR REPLACE INTO projection_positions VALUES (?, ?, ?, ?)",
-                        (table.name, table.identity(), position, digest_),
-                    )
+                    write(conn)  # behind another process, only for what it recomputes in memory
+                    if ahead:
+                        conn.execute("ROLLBACK TO view")
+                    else:
+                        conn.execute(
+                            "INSERT OR REPLACE INTO projection_positions VALUES (?, ?, ?, ?)",
+                            (table.name, identity, position, digest_),
+                        )
+                    written[table.name] = position
                 except Exception as e:  # the database's refusal or the view's own bug
                     conn.execute("ROLLBACK TO view")
                     table.fault(f"cannot store rows at position {position}: {e!r}")
@@ -467,6 +495,7 @@ class Runner:
 
         await self.read_model.transact(reset)
         self._at = {p.name: 0 for p in self.projections}
+        self._written = {t.name: 0 for t in self.tables}
         self._ahead = 0
         self.position, self.hash = 0, GENESIS
 

@@ -340,6 +340,7 @@ class Performance(TableProjection):
         dirty, self._dirty = self._dirty, set()
         encoder = msgspec.json.Encoder()
         reordered = [self._stats[key] for key in dirty if self._stats[key].reorder]
+        through = self.taken_at  # another process may have stored closes beyond it
         ready = [
             (*key, encoder.encode(self._stats[key]).decode())
             for key in dirty
@@ -351,7 +352,7 @@ class Performance(TableProjection):
             insert_rows(conn, "performance_daily", _DAY_COLUMNS, _day_rows(conn, days))
             rows = list(ready)
             for stats in reordered:
-                self._replay_path(conn, stats)
+                self._replay_path(conn, stats, through)
                 rows.append(
                     (stats.currency, stats.kind, stats.value, encoder.encode(stats).decode())
                 )
@@ -359,9 +360,10 @@ class Performance(TableProjection):
 
         return write
 
-    def _replay_path(self, conn: sqlite3.Connection, stats: _Stats) -> None:
-        """Recompute a group's equity path from its closes in close-time order."""
-        where, params = "currency = ?", [stats.currency]
+    def _replay_path(self, conn: sqlite3.Connection, stats: _Stats, through: int) -> None:
+        """Recompute a group's equity path from its closes up to position ``through``,
+        in close-time order."""
+        where, params = "position <= ? AND currency = ?", [through, stats.currency]
         if stats.kind != ALL:
             where += f" AND {stats.kind} = ?"  # kind is one of GROUPS, never user text
             params.append(stats.value)
