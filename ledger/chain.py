@@ -33,6 +33,24 @@ def timestamp(moment: dt.datetime) -> str:
     return text[1:-2].decode() + ".000000Z"
 
 
+def parse_timestamp(text: str) -> dt.datetime:
+    """The instant a stored time names; ValueError unless ``text`` is exactly in
+    :func:`timestamp`'s form (the chain hashes that form: other bytes for the same
+    instant would pass the hash, so they are refused here)."""
+    # The form is fixed: YYYY-MM-DDTHH:MM:SS.ffffffZ. With its separators in place,
+    # fromisoformat takes ASCII digits only in between, so this is the whole check.
+    if not (
+        len(text) == 27
+        and text[26] == "Z"
+        and text[10] == "T"
+        and text[4] == text[7] == "-"
+        and text[13] == text[16] == ":"
+        and text[19] == "."
+    ):
+        raise ValueError(f"the time {text!r} is not in its stored form")
+    return dt.datetime.fromisoformat(text)
+
+
 def record_hash(
     prev_hash: str,
     position: int,
@@ -103,7 +121,10 @@ def check_link(record: Any, prev_position: int, prev_hash: str) -> ChainBreak | 
         )
     if record.prev_hash != prev_hash:
         return ChainBreak(record.position, "prev_hash does not match the previous record's hash")
-    expected = digest_of(record)
+    try:
+        expected = digest_of(record)
+    except ValueError:  # a prev_hash that is not hex: altered, as surely as a wrong one
+        return ChainBreak(record.position, "prev_hash is not a hex digest")
     if expected != record.hash:
         return ChainBreak(record.position, "the record's content does not match its hash")
     return None

@@ -1269,6 +1269,7 @@ def export_command(
         )
         async with open_ledger(url, create=False) as book:
             if output:
+                _refuse_overwriting(output, book.store)
                 # the whole audit trail: owner-only, like the ledger it comes from
                 fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 with open(fd, "w", encoding="utf-8", newline="") as out:
@@ -1282,6 +1283,16 @@ def export_command(
                 )
 
     _run(go())
+
+
+def _refuse_overwriting(output: str, store: object) -> None:
+    """An export written over the ledger's own files would destroy the ledger."""
+    path = getattr(store, "path", None)
+    if path is None or not os.path.exists(output):
+        return
+    for own in (path, path + "-wal", path + "-shm"):
+        if os.path.exists(own) and os.path.samefile(output, own):
+            raise ValueError(f"{output} is the ledger's own file: choose another output")
 
 
 @main.command()

@@ -21,7 +21,7 @@ from typing import IO, Any, cast
 import msgspec
 
 from ledger.book import Append
-from ledger.chain import timestamp
+from ledger.chain import digest_of, timestamp
 from ledger.codec import decode_event
 from ledger.errors import InvalidEvent, LedgerError
 from ledger.events import AnyEvent, Event, field_from
@@ -261,6 +261,16 @@ def parse_line(raw: bytes) -> Append | None:
         return None
     if "hash" in payload and "position" in payload:
         record = _record_from_row(payload)
+        try:
+            intact = digest_of(record) == record.hash
+        except ValueError:  # a prev_hash that is not hex
+            intact = False
+        if not intact:
+            raise InvalidEvent(
+                f"the record line for position {record.position} does not match its hash: "
+                "it was altered after the export",
+                rule="hash",
+            )
         recorded = decode_event(record.type, record.schema_version, record.data, record.metadata)
         return Append(recorded, None, record.event_id, None)
     event_id = payload.pop("event_id", None)

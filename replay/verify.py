@@ -53,7 +53,12 @@ class Checker:
     """Feeds on records in log order and remembers what is wrong with them."""
 
     def __init__(
-        self, *, watch: Sequence[int] = (), start_hash: str = GENESIS, links: bool = True
+        self,
+        *,
+        watch: Sequence[int] = (),
+        start_hash: str = GENESIS,
+        links: bool = True,
+        whole: bool = False,
     ) -> None:
         self.problems: list[Problem] = []
         self.position = 0
@@ -72,13 +77,16 @@ class Checker:
         self.links = links
         if not links:
             self.contiguous = False
+        # a whole log (not an export) starts at position 1 from the genesis hash:
+        # a missing head is a cut, never a partial export
+        self.whole = whole
 
     def problem(self, position: int | None, reason: str) -> None:
         if len(self.problems) < _MAX_PROBLEMS:
             self.problems.append(Problem(position, reason))
 
     def feed(self, record: Record, *, check_rules: bool = True) -> None:
-        if not self.links or (not self.started and record.position != 1):
+        if not self.links or (not self.started and record.position != 1 and not self.whole):
             # a partial export: each record chains from its own prev_hash (filtered),
             # or the chain is checked from the export's first record on
             self.position, self.hash = record.position - 1, record.prev_hash
@@ -212,7 +220,7 @@ async def verify(
         store = book.store
         checkpoints = await store.load_checkpoints()
         watch = [a.position for a, _ in anchors] + [c.position for c in checkpoints.values()]
-        checker = Checker(watch=watch)
+        checker = Checker(watch=watch, whole=True)
         try:
             async for record in store.read(1):
                 checker.feed(record)

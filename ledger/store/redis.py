@@ -61,7 +61,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.maint_notifications import MaintNotificationsConfig
 
-from ledger.chain import GENESIS, timestamp
+from ledger.chain import GENESIS, parse_timestamp, timestamp
 from ledger.codec import decode_event
 from ledger.errors import (
     ConcurrencyError,
@@ -255,8 +255,8 @@ def _record(entry_id: str, fields: dict[str, str]) -> Record:
             fields["event_id"],
             fields["type"],
             int(fields["schema_version"]),
-            _parse_time(fields["occurred_at"]),
-            _parse_time(fields["recorded_at"]),
+            parse_timestamp(fields["occurred_at"]),
+            parse_timestamp(fields["recorded_at"]),
             fields["data"],
             fields["metadata"],
             fields["prev_hash"],

@@ -25,7 +25,7 @@ from typing import Any
 import aiosqlite
 import structlog
 
-from ledger.chain import GENESIS, timestamp
+from ledger.chain import GENESIS, parse_timestamp, timestamp
 from ledger.codec import decode_event
 from ledger.errors import (
     IncompatibleStore,
@@ -119,8 +119,8 @@ def _unchecked_record(row: Sequence[Any]) -> Record:
         row[3],
         row[4],
         row[5],
-        _parse_time(row[6]),
-        _parse_time(row[7]),
+        parse_timestamp(row[6]),
+        parse_timestamp(row[7]),
         row[8],
         row[9],
         row[10],
@@ -622,7 +622,7 @@ class SqliteStore:
         except sqlite3.Error as e:
             raise StoreUnavailable(f"cannot open {self.path}: {e}") from e
         try:
-            migrate(conn, self.path, self.clock)
+            migrate(conn, self.path, self.clock, create=self.create)
             conn.execute("PRAGMA synchronous = FULL")
         except sqlite3.DatabaseError as e:
             conn.close()
@@ -882,8 +882,9 @@ class SqliteStore:
         return str(rows[0][0])
 
 
-def migrate(conn: sqlite3.Connection, path: str, clock: Clock) -> None:
-    """Bring a file's schema to ``SCHEMA_VERSION``; refuse foreign and newer files."""
+def migrate(conn: sqlite3.Connection, path: str, clock: Clock, *, create: bool = True) -> None:
+    """Bring a file's schema to ``SCHEMA_VERSION``; refuse foreign and newer files, and
+    (``create=False``) an empty one. A file already current is not locked or written."""
 
     def foreign() -> bool:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
@@ -894,6 +895,12 @@ def migrate(conn: sqlite3.Connection, path: str, clock: Clock) -> None:
     # look before touching: a foreign file must be left exactly as it was
     if foreign():
         raise IncompatibleStore(f"{path} is a SQLite file but not a tradeledger")
+    (current,) = conn.execute("PRAGMA user_version").fetchone()
+    if current == 0 and not create:
+        raise IncompatibleStore(f"there is no ledger at {path}: the file is empty")
+    (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+    if current == SCHEMA_VERSION and mode == "wal":
+        return  # readers (verify, export) must not need the write lock
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("BEGIN IMMEDIATE")
     try:

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.http.conftest import PREFIX, Recorded, Server, cli_json, get, record_history
+from tests.replay.ledgers import build, tampered
 
 # API parameter -> CLI option, where the names differ
 RENAMED = {"start": "--since", "end": "--until", "stream": "--stream", "type": "--type"}
@@ -549,3 +550,20 @@ def test_a_time_at_the_edge_of_the_calendar_is_a_cut_before_or_after_everything(
     assert response.status_code == 200, response.text
     if moment.startswith("0001"):
         assert response.json() == []
+
+
+def test_verify_finds_tampering_below_a_head_that_did_not_move(tmp_path: Path) -> None:
+    """A record edited in place (the head unchanged) fails the next /verify: no report outlives the request that asked."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    build(url)
+    server = Server(url, tmp_path / "serve.log").start()
+    try:
+        with server.client() as client:
+            first, _ = get(client, "/verify")
+            with tampered(url) as conn:
+                conn.execute("UPDATE records SET data = replace(data, '0', '9') WHERE position = 6")
+            second, _ = get(client, "/verify")
+    finally:
+        assert server.stop() == 0, server.output()
+    assert first["ok"] is True
+    assert second["ok"] is False and second["first_bad"]["position"] == 6

@@ -26,6 +26,7 @@ from ledger import (
 )
 from ledger.events import natural_event_id
 from ledger.failpoints import ENV
+from projections import standard
 from tests.lifecycles import (
     closed,
     fee_charged,
@@ -358,23 +359,32 @@ def test_a_caller_cut_while_queued_is_never_written_and_the_writer_keeps_serving
     assert later.position == 2
 
 
-def test_opening_while_another_process_holds_the_write_lock_raises_store_unavailable(
+def test_opening_behind_another_writer_reads_at_once_and_a_write_is_bounded(
     sqlite_url: str,
 ) -> None:
-    """open_ledger() past its timeout behind another writer raises StoreUnavailable, not a sqlite3 error."""
+    """A current ledger opens for reading without the write lock while another process holds it; a view's setup or an append waits at most the timeout, then StoreUnavailable, not a sqlite3 error."""
 
     async def create() -> None:
         async with open_ledger(sqlite_url) as book:
             await book.record(opened("t0"))
 
-    async def reopen() -> None:
-        async with open_ledger(sqlite_url, timeout=0.3):
+    async def read() -> int:
+        async with open_ledger(sqlite_url, timeout=0.3, create=False) as book:
+            head = (await book.store.head()).position
+            with pytest.raises(StoreUnavailable):
+                await book.record(opened("t1"))
+            return head
+
+    async def with_views() -> None:
+        async with open_ledger(sqlite_url, standard(), timeout=0.3):
             pass
 
     asyncio.run(create())
-    with write_lock_held(sqlite_url, 1.5), pytest.raises(StoreUnavailable):
-        asyncio.run(reopen())
-    asyncio.run(reopen())
+    with write_lock_held(sqlite_url, 2.0):
+        assert asyncio.run(read()) == 1
+        with pytest.raises(StoreUnavailable):
+            asyncio.run(with_views())
+    asyncio.run(with_views())
 
 
 def test_outcome_unknown_names_the_generated_event_id_and_a_retry_with_it_records_once(

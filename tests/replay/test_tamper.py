@@ -355,3 +355,97 @@ def test_cli_verify_fails_a_forged_anchor(url: str, tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     assert result.returncode == 1
     assert "FAILED" in result.stdout and "anchor" in result.stdout
+
+
+def test_a_deleted_head_is_found_at_position_1_not_taken_for_a_partial_export(url: str) -> None:
+    """The first records removed: a ledger (unlike an export) starts at position 1 from the genesis hash, even where an anchor of the head still matches."""
+    head = anchor_of(url)
+    with tampered(url) as conn:
+        conn.execute("DELETE FROM records WHERE position <= 3")
+    report = run_verify(url, head)
+    assert not report.ok
+    assert first_bad(report) == 1
+    assert "missing" in report.first_bad.reason  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "rewrite",
+    [
+        lambda text: text.replace("T16:00:00.000000Z", "T17:00:00.000000+01:00"),  # same instant
+        lambda text: text.replace(".000000Z", ""),  # naive: local time on the reader's machine
+    ],
+    ids=["offset", "naive"],
+)
+def test_other_bytes_for_the_same_stored_instant_are_found(url: str, rewrite: Any) -> None:
+    """The chain hashes the stored text of a time: the same instant written another way is tampering too."""
+    with tampered(url) as conn:
+        (occurred,) = conn.execute("SELECT occurred_at FROM records WHERE position = 9").fetchone()
+        conn.execute("UPDATE records SET occurred_at = ? WHERE position = 9", (rewrite(occurred),))
+    assert first_bad(run_verify(url)) == 9
+
+
+def test_a_hash_that_is_not_hex_is_a_finding_not_a_usage_error(url: str, tmp_path: Path) -> None:
+    """`verify` names the record whose hash column holds something other than hex, and exits 1."""
+    with tampered(url) as conn:
+        conn.execute("UPDATE records SET hash = 'not hex' WHERE position = 4")
+        conn.execute("UPDATE records SET prev_hash = 'not hex' WHERE position = 5")
+    result = cli(url, "verify", "--json", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert report["first_bad"]["position"] == 4
+    assert any("not a hex digest" in p["reason"] for p in report["problems"])
+
+
+def test_verify_on_an_empty_file_says_it_is_no_ledger_and_leaves_it_empty(
+    tmp_path: Path,
+) -> None:
+    """A ledger file truncated to nothing is not an empty ledger that verifies."""
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    result = cli(f"sqlite:///{empty}", "verify", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "no ledger" in result.stderr
+    assert empty.stat().st_size == 0
+
+
+def test_verify_and_export_read_while_another_process_holds_the_write_lock(
+    url: str, tmp_path: Path
+) -> None:
+    """Reading commands take no write lock on a current ledger: an open writer transaction does not stop them."""
+    holder = sqlite3.connect(path_of(url), isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        verified = cli(url, "verify", cwd=tmp_path)
+        exported = cli(url, "export", "-o", str(tmp_path / "trail.jsonl"), cwd=tmp_path)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert verified.returncode == 0, verified.stderr
+    assert exported.returncode == 0, exported.stderr
+
+
+def test_export_refuses_to_write_over_the_ledger_itself(url: str, tmp_path: Path) -> None:
+    """`export -o` naming the ledger's own file is a usage error, and the ledger still verifies."""
+    result = cli(url, "export", "-o", str(path_of(url)), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "own file" in result.stderr
+    assert run_verify(url).ok
+
+
+def test_importing_an_export_refuses_a_line_altered_after_the_export(
+    url: str, tmp_path: Path
+) -> None:
+    """`record` of an export checks each record line against its hash: an edited price is refused, not recorded."""
+    trail = tmp_path / "trail.jsonl"
+    assert cli(url, "export", "-o", str(trail), cwd=tmp_path).returncode == 0
+    lines = trail.read_text().splitlines()
+    row = json.loads(lines[6])
+    data = json.loads(row["data"])
+    key = next(k for k in ("price", "stop_price", "quantity", "amount") if k in data)
+    data[key] = "111.11"
+    row["data"] = json.dumps(data, separators=(",", ":"), sort_keys=True)
+    lines[6] = json.dumps(row)
+    trail.write_text("\n".join(lines) + "\n")
+    result = cli(f"sqlite:///{tmp_path / 'copy.db'}", "record", str(trail), cwd=tmp_path)
+    assert result.returncode == 1
+    assert '"rule":"hash"' in result.stderr.replace(" ", "")
