@@ -262,6 +262,36 @@ def test_timestamp_is_utc_with_six_fraction_digits_and_z(moment: dt.datetime) ->
     assert dt.datetime.fromisoformat(text) == utc
 
 
+@given(st.datetimes(timezones=st.just(dt.UTC)))
+def test_a_stored_time_reads_back_to_its_instant(moment: dt.datetime) -> None:
+    """parse_timestamp takes back every text timestamp writes."""
+    from ledger.chain import parse_timestamp, timestamp
+
+    assert parse_timestamp(timestamp(moment)) == moment
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-01-05T12:00:00.000000+00:00",
+        "2026-01-05T13:00:00.000000+01:00",
+        "2026-01-05T12:00:00+00:00",
+        "2026-01-05T12:00:00.000000",
+        "2026-01-05 12:00:00.000000Z",
+        "2026-01-05T12:00:00,000000Z",
+        "2026-01-05T12:00:00.000000z",
+        "2026-W02-1T12:00:00.000000Z",
+        "2026-01-05T12:00:00.00000Z",
+    ],
+)
+def test_the_same_instant_in_other_text_is_not_a_stored_time(text: str) -> None:
+    """The chain hashes the stored text: any other spelling of a time is refused on read."""
+    from ledger.chain import parse_timestamp
+
+    with pytest.raises(ValueError, match="stored form"):
+        parse_timestamp(text)
+
+
 def test_timestamp_takes_a_datetime_subclass() -> None:
     """pandas and freezegun hand out datetime subclasses, which msgspec does not encode."""
     from ledger.chain import timestamp
