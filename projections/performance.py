@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 
 from ledger.chain import timestamp
-from ledger.events import TradeClosed, TradeReduced
+from ledger.events import TradeClosed, TradeReduced, canonical_text
 from ledger.projection import Step, TableProjection, insert_rows
 from ledger.trade import CONTEXT, RATIO, TradeState
 from projections.grouping import ALL, check_group, keys
@@ -235,7 +235,7 @@ class Performance(TableProjection):
 
     def settings(self) -> dict[str, Any]:
         return {
-            "starting_equity": str(self.starting_equity),
+            "starting_equity": canonical_text(self.starting_equity),  # 0.00 is 0
             "annualization_days": self.annualization_days,
         }
 

@@ -262,6 +262,15 @@ def test_a_view_with_other_settings_is_rebuilt_not_trusted(
     assert all(f.starting_equity == 0 for f in again["performance/None"])
 
 
+def test_equal_settings_written_differently_keep_the_views(
+    recorded: tuple[Path, dict[str, Any]],
+) -> None:
+    """Starting equity 0.00 is the default's 0: the stored views are kept, not rebuilt."""
+    path, _ = recorded
+    _, logs = reopen(url_of(path), standard(starting_equity=D("0.00")))
+    assert discards(logs) == []
+
+
 def test_a_checkpoint_whose_state_changed_without_its_digest_is_discarded(
     recorded: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
