@@ -446,9 +446,8 @@ class Runner:
                     self._apply(following)
                 await self._flush()
                 self._maybe_checkpoint()
-            except (
-                Exception
-            ) as e:  # the record is durable: the caller gets it; the next offer catches up
+            except Exception as e:
+                # the record is durable: its caller gets it; the next offer catches up
                 self._log.error("views_behind", position=self.position, error=repr(e))
             finally:
                 for position in [p for p in self._pending if p <= self.position]:

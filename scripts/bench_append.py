@@ -33,10 +33,10 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import msgspec
@@ -65,7 +65,7 @@ ROW = (
 )
 
 Event = ledger.Event
-Append = Callable[[Event], Awaitable[object]]
+Item = TypeVar("Item")  # what one append takes: an event, or a row in e
 
 
 class Result(msgspec.Struct):
@@ -147,14 +147,16 @@ def propose(event: Event) -> Proposal:
     )  # fmt: skip
 
 
-async def drive(lanes: list[list[Event]], append: Append) -> tuple[float, list[float]]:
+async def drive(
+    lanes: Sequence[Sequence[Item]], append: Callable[[Item], Awaitable[object]]
+) -> tuple[float, list[float]]:
     """Run one producer task per lane, each awaiting its appends one by one."""
     latencies: list[float] = []
 
-    async def produce(lane: list[Event]) -> None:
-        for event in lane:
+    async def produce(lane: Sequence[Item]) -> None:
+        for item in lane:
             began = time.perf_counter()
-            await append(event)
+            await append(item)
             latencies.append((time.perf_counter() - began) * 1000)
 
     began = time.perf_counter()
@@ -219,7 +221,7 @@ async def bench_handoff(path: Path, source: Path) -> Result:
             ready.notify()
         await future
 
-    seconds, latencies = await drive([rows], append)  # type: ignore[list-item]
+    seconds, latencies = await drive([rows], append)
     with ready:
         waiting.append((None, loop.create_future()))
         ready.notify()

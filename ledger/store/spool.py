@@ -107,8 +107,10 @@ T = TypeVar("T")
 
 def _oldest(conn: sqlite3.Connection) -> tuple[int, bytes, str] | None:
     """The first batch in line: (seq, batch, spooled_at)."""
-    row = conn.execute("SELECT seq, batch, spooled_at FROM spool ORDER BY seq LIMIT 1").fetchone()
-    return None if row is None else (row[0], row[1], row[2])
+    row: tuple[int, bytes, str] | None = conn.execute(
+        "SELECT seq, batch, spooled_at FROM spool ORDER BY seq LIMIT 1"
+    ).fetchone()
+    return row
 
 
 class Quarantined(msgspec.Struct, frozen=True):
