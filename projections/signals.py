@@ -55,9 +55,9 @@ class Signals(TableProjection):
     """
 
     name = "signals"
-    version = 1
+    version = 2  # 2: a trade recorded before its signal links to it too (signal_links)
     reads = frozenset({SignalEmitted, TradeOpened})
-    tables = ("signals",)
+    tables = ("signals", "signal_links")
     indexes = (
         ("signals_by_time", "signals (occurred_at, position)"),
         ("signals_by_symbol", "signals (symbol, occurred_at)"),
@@ -70,6 +70,12 @@ class Signals(TableProjection):
     def setup(self, conn: sqlite3.Connection) -> None:
         conn.execute(
             f"CREATE TABLE IF NOT EXISTS signals ({', '.join(_COLUMNS)}, PRIMARY KEY (signal_id))"
+        )
+        # the first trade opened with a signal id not recorded yet: a signal recorded
+        # after its trade (two parts of a bot recording side by side) finds it here
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS signal_links "
+            "(signal_id TEXT PRIMARY KEY, trade_id TEXT NOT NULL)"
         )
 
     def apply(self, step: Step) -> None:
@@ -93,18 +99,19 @@ class Signals(TableProjection):
                 None,
             ]
         elif isinstance(event, TradeOpened) and event.signal_id is not None:
-            row = self._rows.get(event.signal_id)
-            if row is not None and row[-1] is None:
-                row[-1] = event.trade_id  # the signal is not written yet: write it linked
-            else:
-                self._links.append((event.trade_id, event.signal_id))
+            self._links.append((event.trade_id, event.signal_id))
 
     def take(self) -> Callable[[sqlite3.Connection], None]:
-        rows, self._rows = list(self._rows.values()), {}
         links: dict[str, str] = {}
         for trade_id, signal_id in self._links:
             links.setdefault(signal_id, trade_id)  # the first trade from a signal is its link
         self._links = []
+        rows = list(self._rows.values())
+        self._rows = {}
+        for row in rows:
+            row[-1] = links.get(row[0])
+        links_json = msgspec.json.encode(links) if links else None
+        ids_json = msgspec.json.encode([row[0] for row in rows]) if rows else None
 
         def write(conn: sqlite3.Connection) -> None:
             # a signal's row never changes but for its link: a process that follows the
@@ -118,11 +125,32 @@ class Signals(TableProjection):
                 conflict="ON CONFLICT (signal_id) DO UPDATE "
                 "SET trade_id = coalesce(signals.trade_id, excluded.trade_id)",
             )
-            if links:
+            (pending,) = conn.execute("SELECT EXISTS (SELECT 1 FROM signal_links)").fetchone()
+            if pending and ids_json is not None:
+                # a new signal whose trade was recorded before it, by an earlier write:
+                # that trade came first
                 conn.execute(
-                    "UPDATE signals SET trade_id = link.value ->> 0 FROM json_each(?) AS link "
-                    "WHERE signal_id = link.value ->> 1 AND trade_id IS NULL",
-                    (msgspec.json.encode([(t, s) for s, t in links.items()]),),
+                    "UPDATE signals SET trade_id = link.trade_id FROM signal_links AS link "
+                    "WHERE signals.signal_id = link.signal_id "
+                    "AND link.signal_id IN (SELECT value FROM json_each(?))",
+                    (ids_json,),
+                )
+                conn.execute(
+                    "DELETE FROM signal_links WHERE signal_id IN (SELECT value FROM json_each(?))",
+                    (ids_json,),
+                )
+            if links_json is not None:
+                # signals stored by an earlier write, then those not recorded yet
+                conn.execute(
+                    "UPDATE signals SET trade_id = link.value FROM json_each(?) AS link "
+                    "WHERE signals.signal_id = link.key AND signals.trade_id IS NULL",
+                    (links_json,),
+                )
+                conn.execute(
+                    "INSERT OR IGNORE INTO signal_links (signal_id, trade_id) "
+                    "SELECT link.key, link.value FROM json_each(?) AS link "
+                    "WHERE link.key NOT IN (SELECT signal_id FROM signals)",
+                    (links_json,),
                 )
 
         return write

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ledger import Event, open_ledger
+from ledger import Event, Ledger, open_ledger
 from ledger.events import TradeEvent
 from projections import (
     ClosedTrade,
@@ -1219,6 +1219,39 @@ def test_signals_link_to_the_trade_opened_with_their_signal_id(sqlite_url: str) 
             assert [s.signal_id for s in (await signals.signals(symbol="ETHUSDT")).signals] == [
                 "s2"
             ]
+
+    run(go())
+
+
+def test_a_trade_recorded_before_its_signal_still_links_to_it(sqlite_url: str) -> None:
+    """Two parts of a bot record side by side: t1 lands before s1, which it was opened from.
+
+    s1 links to t1 both live (each record stored on its own) and after a rebuild (all
+    in one write); t2, a later trade from s1, does not take the link; s2 is never followed.
+    """
+    events: list[Event] = [
+        opened("t1", 1, 100, signal_id="s1", occurred_at=day(0, 10, 1)),
+        signal("s2", occurred_at=day(0, 10, 2)),
+        signal("s1", occurred_at=day(0, 10)),
+        opened("t2", 1, 100, signal_id="s1", occurred_at=day(0, 11)),
+        opened("t3", 1, 100, signal_id="s3", occurred_at=day(0, 12)),
+    ]
+    expected = [("s2", None), ("s1", "t1")]
+
+    async def links(book: Ledger) -> list[tuple[str, str | None]]:
+        page = await book.view(Signals).signals()
+        return [(s.signal_id, s.trade_id) for s in page.signals]
+
+    async def go() -> None:
+        async with open_ledger(sqlite_url, standard()) as book:
+            await record_all(book, events)
+            assert await links(book) == expected
+            await book.runner.rebuild()
+            assert await links(book) == expected
+        async with open_ledger(sqlite_url, standard()) as book:
+            assert await links(book) == expected
+            await book.record(signal("s3", occurred_at=day(0, 13)))  # t3 came first
+            assert await links(book) == [*expected, ("s3", "t3")]
 
     run(go())
 
