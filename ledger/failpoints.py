@@ -10,7 +10,7 @@ empty dict. The value is a comma-separated list of ``name=action``:
 - ``error`` or ``error@N`` (raise ``OSError``, as a failing disk would).
 
 Points: ``after_begin`` (the write transaction has begun), ``after_insert``
-(a caller's records are inserted, not committed), ``before_commit``,
+(a group's records are inserted, not committed), ``before_commit``,
 ``after_commit`` (committed, the caller not yet told), ``checkpoint_write``
 (inside the checkpoint's transaction), ``spool_drain`` (a spooled batch is
 about to be forwarded). A store without transactions (Redis) passes only

@@ -168,6 +168,49 @@ def test_a_failed_commit_fails_every_caller_of_the_group_and_writes_nothing(
     assert later.position == 2
 
 
+def test_a_committed_groups_answers_go_out_while_another_process_holds_the_write_lock(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group committed while more appends wait holds its answers for the next COMMIT; when
+    the next group cannot take the write lock, they go out at once instead of waiting with it.
+
+    a commits, then the writer stalls (after_commit) while another process takes the write
+    lock and b queues up; a's caller hears back while that lock is still held, b after it.
+    """
+    monkeypatch.setenv(ENV, "after_commit=sleep:0.5@1")
+
+    async def body() -> tuple[bool, Record, Record]:
+        async with open_ledger(sqlite_url, timeout=5) as book:
+            a = asyncio.ensure_future(book.record(opened("a")))
+            await asyncio.sleep(0.2)  # a is committed; the writer sleeps before answering
+            with connect(sqlite_url) as holder:
+                holder.execute("BEGIN IMMEDIATE")
+                b = asyncio.ensure_future(book.record(opened("b")))
+                done, _ = await asyncio.wait({a}, timeout=2.5)
+                answered_while_locked = a in done and not b.done()
+                holder.execute("ROLLBACK")
+            return answered_while_locked, await a, await b
+
+    answered_while_locked, a, b = asyncio.run(body())
+    assert answered_while_locked
+    assert (a.position, b.position) == (1, 2)
+
+
+def test_a_batch_of_more_rows_than_one_insert_takes_lands_whole(sqlite_url: str) -> None:
+    """A group's rows go in 500 to a statement: a batch of 1,201 events lands at 1..1,201, chained."""
+    batch = [opened(f"t{n}") for n in range(1201)]
+
+    async def body() -> tuple[list[Any], list[Record]]:
+        async with open_ledger(sqlite_url) as book:
+            return await book.record_batch(batch), await all_records(book)
+
+    returned, stored = asyncio.run(body())
+    assert [r.position for r in returned] == list(range(1, 1202))
+    assert stored == returned
+    assert [r.stream_id for r in stored] == [f"trade-t{n}" for n in range(1201)]
+    assert first_break(stored) is None
+
+
 def test_racing_callers_with_the_same_expected_version_have_exactly_one_winner(
     sqlite_url: str,
 ) -> None:
