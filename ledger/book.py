@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import math
 import uuid
 from collections.abc import Generator, Sequence
 from typing import Any, TypeVar
@@ -71,6 +72,15 @@ class Ledger:
         follow: bool = False,
         create: bool = True,
     ) -> None:
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout < math.inf
+        ):
+            # every wait is bounded: an endless one would hang a caller on a stalled store
+            raise ValueError(
+                f"timeout must be a positive, finite number of seconds, not {timeout!r}"
+            )
         self._url = url
         self.url = safe_url(url)  # for people and logs: never the password
         self.create = create

@@ -30,8 +30,6 @@ from ledger.trade import TradeState
 
 __all__ = ["ReadModel", "StateProjection", "Step", "TableProjection", "insert_rows"]
 
-_ROWS_PER_STATEMENT = 500  # x 31 columns stays under SQLite's 32,766 parameters
-
 
 class Step(msgspec.Struct, frozen=True):
     """One record as projections see it."""
@@ -183,8 +181,12 @@ def insert_rows(
     slower than the writes alone. ``conflict`` is an upsert clause, if any.
     """
     marks = f"({', '.join('?' * len(columns))})"
-    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-        chunk = rows[start : start + _ROWS_PER_STATEMENT]
+    # 500 rows, or fewer where SQLite was built to bind fewer parameters (999 before 3.32)
+    per_statement = max(
+        1, min(500, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(columns))
+    )
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start : start + per_statement]
         conn.execute(
             f"{verb} INTO {table} ({', '.join(columns)}) "
             f"VALUES {', '.join([marks] * len(chunk))} {conflict}",

@@ -498,7 +498,7 @@ def _day_rows(
         "d.trades, d.wins, d.losses, d.net, d.through)) "
         "FROM json_each(?) AS k JOIN performance_daily AS d ON d.currency = k.value ->> 0 "
         "AND d.kind = k.value ->> 1 AND d.value = k.value ->> 2 AND d.day = k.value ->> 3",
-        (msgspec.json.encode(list(days)),),
+        (msgspec.json.encode(list(days)).decode(),),  # text: a BLOB may be taken for JSONB
     ).fetchone()
     stored = {tuple(row[:4]): row[4:] for row in msgspec.json.decode(found)}
     rows = []

@@ -110,8 +110,9 @@ class Signals(TableProjection):
         self._rows = {}
         for row in rows:
             row[-1] = links.get(row[0])
-        links_json = msgspec.json.encode(links) if links else None
-        ids_json = msgspec.json.encode([row[0] for row in rows]) if rows else None
+        # JSON as text: SQLite from 3.45 may take a BLOB for its binary JSON
+        links_json = msgspec.json.encode(links).decode() if links else None
+        ids_json = msgspec.json.encode([row[0] for row in rows]).decode() if rows else None
 
         def write(conn: sqlite3.Connection) -> None:
             # a signal's row never changes but for its link: a process that follows the

@@ -47,6 +47,7 @@ from ledger.trade import StreamState
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteStore"]
 
 APPLICATION_ID = 0x54524C47  # "TRLG": marks a file as a tradeledger
+MIN_SQLITE = (3, 38, 0)  # the ->> operator; UPDATE ... FROM (3.33) too
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: the log, checkpoints, the ledger's identity
@@ -93,16 +94,17 @@ _COLUMNS = (
     "occurred_at, recorded_at, data, metadata, prev_hash, hash"
 )
 _INSERT_HEAD = f"INSERT INTO records ({_COLUMNS}) VALUES"
-_ROW_MARKS = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_RECORD_COLUMNS = 12
+_ROW_MARKS = f"({', '.join('?' * _RECORD_COLUMNS)})"
 _INSERT = f"{_INSERT_HEAD} {_ROW_MARKS}"
-_ROWS_PER_INSERT = 500  # x 12 columns, well under SQLite's 32,766 parameters
+_HOLD_MAX_EVENTS = 1000  # a bigger next group stages too long to hold answers over it
 _SELECT = f"SELECT {_COLUMNS} FROM records"
 
 # SQLite result codes after which a failed COMMIT certainly wrote nothing.
 # Not SQLITE_NOMEM: it can strike after the commit frame is written and synced.
 _NOTHING_WRITTEN = frozenset({"SQLITE_FULL", "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_READONLY"})
 
-_QUEUED, _RUNNING, _CANCELLED = range(3)
+_QUEUED, _RUNNING, _CANCELLED, _ANSWERED = range(4)
 _MAX_GROUP_EVENTS = 4096
 _STREAM_CACHE = 20_000
 _PAGE = 1000
@@ -160,7 +162,7 @@ def _path_from_url(url: str) -> str:
 class _Request:
     """One caller's atomic batch, or one piece of maintenance work, for the writer."""
 
-    __slots__ = ("batch", "durable", "future", "loop", "state", "work")
+    __slots__ = ("batch", "durable", "future", "loop", "outcome", "state", "work")
 
     def __init__(
         self,
@@ -175,6 +177,7 @@ class _Request:
         self.loop = loop
         self.future: asyncio.Future[Any] = loop.create_future()
         self.state = _QUEUED
+        self.outcome: Any = None  # set with state _ANSWERED once the group is committed
 
     def settle(self, outcome: Any) -> None:
         self.loop.call_soon_threadsafe(_settle, self.future, outcome)
@@ -269,6 +272,9 @@ class _Writer:
         # before that group's COMMIT, they wake the callers' event loop while its fsync
         # runs, not while the writer needs the GIL (see commit_group).
         self.held: list[tuple[asyncio.Future[Any], Any]] = []
+        # rows per INSERT: 500, or fewer where SQLite was built to bind fewer parameters
+        limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        self.rows_per_insert = max(1, min(500, limit // _RECORD_COLUMNS))
         self.deadlines = _Deadlines()  # the callers' side: touched on the event loop only
         self.log = structlog.get_logger("tradeledger").bind(store="sqlite")
         self.thread = threading.Thread(
@@ -423,6 +429,8 @@ class _Writer:
         """Commit one group; ``look_up`` checks every event id against the log up front
         (see :meth:`apply`)."""
         started = time.perf_counter()
+        if sum(len(r.batch) for r in group) > _HOLD_MAX_EVENTS:
+            self.release()  # the held answers would wait for all of its staging
         live = self.begin(group)
         if live is None:
             return
@@ -479,9 +487,14 @@ class _Writer:
         # With more appends waiting, the answers wait for the next group's COMMIT:
         # sent now, they would wake the event loop to validate more appends, and the
         # writer, staging the next group meanwhile, would wait for the GIL at every
-        # statement; that cost 15% of the throughput of 16 producers.
+        # statement; that cost 15% of the throughput of 16 producers. They go out
+        # sooner when the next group is big or cannot take the write lock at once,
+        # and a caller whose wait runs out meanwhile takes its outcome from its
+        # request (_ANSWERED): a committed append is never reported unknown.
         self.held = [(r.future, o) for r, o in zip(live, outcomes, strict=True)]
         with self.lock:
+            for request, outcome in zip(live, outcomes, strict=True):
+                request.outcome, request.state = outcome, _ANSWERED
             more = bool(self.queue)
         if not more:
             self.release()
@@ -596,9 +609,10 @@ class _Writer:
     def insert(self, rows: Sequence[Row], *, look_up: bool) -> None:
         """Insert a group's staged rows; an event id taken for new that the log holds
         fails on its UNIQUE constraint, which redoes the group with lookups (see apply)."""
+        per_statement = self.rows_per_insert
         try:
-            for start in range(0, len(rows), _ROWS_PER_INSERT):
-                chunk = rows[start : start + _ROWS_PER_INSERT]
+            for start in range(0, len(rows), per_statement):
+                chunk = rows[start : start + per_statement]
                 if len(chunk) == 1:
                     self.conn.execute(_INSERT, chunk[0])
                 else:
@@ -665,6 +679,11 @@ class SqliteStore:
 
     def _connect(self) -> sqlite3.Connection:
         """Open the write connection and bring the schema up to date."""
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise IncompatibleStore(
+                f"tradeledger needs SQLite {'.'.join(map(str, MIN_SQLITE))} or newer (JSON "
+                f"operators in its views); this Python's sqlite3 has {sqlite3.sqlite_version}"
+            )
         if not os.path.exists(self.path):
             if not self.create:
                 raise IncompatibleStore(f"there is no ledger at {self.path}")
@@ -748,6 +767,10 @@ class SqliteStore:
                 raise StoreUnavailable(
                     f"{self.path}: the write did not start within {self.timeout}s; nothing was written"
                 ) from None
+            if request.state == _ANSWERED:  # committed, its answer not delivered yet
+                if isinstance(request.outcome, BaseException):
+                    raise request.outcome from None
+                return request.outcome
             raise OutcomeUnknown(
                 f"{self.path}: no answer within {self.timeout}s after the write started; "
                 "retry with the same event_id"

@@ -24,6 +24,7 @@ from ledger import (
     InvalidEvent,
     Ledger,
     LedgerClosed,
+    OutcomeUnknown,
     Record,
     StoreError,
     StoreUnavailable,
@@ -32,6 +33,7 @@ from ledger import (
 from ledger.chain import GENESIS, ChainBreak, check_link, record_hash
 from ledger.failpoints import ENV
 from ledger.store.sqlite import MIGRATIONS, SCHEMA_VERSION
+from projections import TradeHistory, standard
 from tests.lifecycles import T0, closed, opened, stop_moved
 
 APPLICATION_ID = 0x54524C47
@@ -194,6 +196,101 @@ def test_a_committed_groups_answers_go_out_while_another_process_holds_the_write
     answered_while_locked, a, b = asyncio.run(body())
     assert answered_while_locked
     assert (a.position, b.position) == (1, 2)
+
+
+def test_a_caller_whose_wait_runs_out_while_its_answer_is_held_gets_its_record(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """a's group commits while b waits, so a's answer is held for b's COMMIT; b's group then
+    stalls before it (before_commit) past a's 1 s wait: a still gets its record, not
+    OutcomeUnknown, and only b, whose write started and did not finish, hears OutcomeUnknown."""
+    monkeypatch.setenv(ENV, "after_commit=sleep:0.3@1,before_commit=sleep:2@2")
+
+    async def body() -> list[Any]:
+        async with open_ledger(sqlite_url, timeout=1) as book:
+            a = asyncio.ensure_future(book.record(opened("a")))
+            await asyncio.sleep(0.1)
+            b = asyncio.ensure_future(book.record(opened("b")))
+            return await asyncio.gather(a, b, return_exceptions=True)
+
+    a, b = asyncio.run(body())
+    stored = read_all(sqlite_url)
+    assert isinstance(a, Record) and a.position == 1
+    assert isinstance(b, OutcomeUnknown)
+    assert [r.stream_id for r in stored] == ["trade-a", "trade-b"]
+
+
+def test_a_big_next_group_does_not_hold_the_last_groups_answers(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answers are held over the next group's staging only when that group is small: behind
+    a batch of 1,001 events (here stalled 1 s before its COMMIT), a hears back at once."""
+    monkeypatch.setenv(ENV, "after_commit=sleep:0.3@1,before_commit=sleep:1@2")
+
+    async def body() -> tuple[bool, Record, list[Any]]:
+        async with open_ledger(sqlite_url) as book:
+            a = asyncio.ensure_future(book.record(opened("a")))
+            await asyncio.sleep(0.1)
+            b = asyncio.ensure_future(book.record_batch([opened(f"b{n}") for n in range(1001)]))
+            done, _ = await asyncio.wait({a}, timeout=0.8)
+            answered_first = a in done and not b.done()
+            return answered_first, await a, await b
+
+    answered_first, a, b = asyncio.run(body())
+    assert answered_first
+    assert a.position == 1 and [r.position for r in b] == list(range(2, 1003))
+
+
+def test_a_sqlite_built_to_bind_999_parameters_still_takes_big_groups_and_views(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite before 3.32 binds at most 999 parameters a statement: the writer and the views
+    size their multi-row INSERTs by the connection's own limit."""
+    real_connect = sqlite3.connect
+
+    def old_sqlite(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = real_connect(*args, **kwargs)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", old_sqlite)
+    batch = [opened(f"t{n}", signal_id=f"s{n}") for n in range(300)]
+    batch += [closed(f"t{n}") for n in range(300)]
+
+    async def body() -> tuple[list[Any], int]:
+        async with open_ledger(sqlite_url, standard()) as book:
+            returned = await book.record_batch(batch)
+            page = await book.view(TradeHistory).trades(limit=1000)
+            return returned, page.total
+
+    returned, closes = asyncio.run(body())
+    assert [r.position for r in returned] == list(range(1, 601))
+    assert closes == 300
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("inf"), float("nan"), True, "5", None])
+def test_a_timeout_that_is_not_a_positive_finite_number_is_refused(
+    sqlite_url: str, timeout: Any
+) -> None:
+    """Every wait is bounded: an endless or empty one is a ValueError, and no file is made."""
+    with pytest.raises(ValueError, match="timeout"):
+        open_ledger(sqlite_url, timeout=timeout)
+    assert not os.path.exists(path_of(sqlite_url))
+
+
+def test_an_sqlite_older_than_3_38_is_refused_with_its_version(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The views use ->> (SQLite 3.38): an older library is named, not met with an odd SQL error."""
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 31, 1))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.31.1")
+
+    async def body() -> None:
+        async with open_ledger(sqlite_url):
+            pass
+
+    with pytest.raises(IncompatibleStore, match=r"3\.38.*3\.31\.1"):
+        asyncio.run(body())
 
 
 def test_a_batch_of_more_rows_than_one_insert_takes_lands_whole(sqlite_url: str) -> None:
