@@ -8,6 +8,7 @@ line, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import json
@@ -375,24 +376,18 @@ def _bad(number: int, error: LedgerError) -> None:
 
 
 async def _record(url: str, source: IO[bytes], atomic: bool) -> None:
-    parsed: list[tuple[int, Append]] = []
-    refused = 0
-    for number, raw in enumerate(source, start=1):
-        line = raw.rstrip(b"\r\n")
-        if not line.strip():
-            continue
-        try:
-            item = parse_line(line)
-        except LedgerError as e:
-            _bad(number, e)
-            refused += 1
-            continue
-        if item is not None:
-            parsed.append((number, item))
-    if atomic and refused:
-        raise Refused(f"{refused} bad line(s); --atomic: nothing was recorded")
-    async with open_ledger(url) as book:
-        if atomic:
+    if atomic:  # one batch: every line is read and checked before anything is recorded
+        parsed: list[tuple[int, Append]] = []
+        refused = 0
+        async for number, item in _parsed(source):
+            if isinstance(item, LedgerError):
+                _bad(number, item)
+                refused += 1
+            else:
+                parsed.append((number, item))
+        if refused:
+            raise Refused(f"{refused} bad line(s); --atomic: nothing was recorded")
+        async with open_ledger(url) as book:
             if parsed:
                 try:
                     records = await book.record_batch([item for _, item in parsed])
@@ -400,26 +395,69 @@ async def _record(url: str, source: IO[bytes], atomic: bool) -> None:
                     raise Refused(f"the batch was refused, nothing was recorded: {e}") from e
                 for (number, _), found in zip(parsed, records, strict=True):
                     _ack(number, found)
-            return
-        refused += await _record_each(book, parsed)
+        return
+    async with open_ledger(url) as book:
+        refused = await _record_each(book, _parsed(source))
     if refused:
         raise Refused(f"{refused} line(s) refused; the others are recorded")
 
 
-async def _record_each(book: Ledger, parsed: list[tuple[int, Append]]) -> int:
-    """Record lines in order, many in flight (they share commits), acknowledged in order."""
-    refused = 0
-    window: list[tuple[int, asyncio.Task[Record | Pending]]] = []
+async def _lines(source: IO[bytes]) -> AsyncIterator[tuple[int, bytes]]:
+    """The numbered lines of ``source`` as they come: a pipe's lines are recorded while
+    it stays open, and a big file is never held whole. Reads run in a thread, what is
+    there up to 64 KiB at a time, so the event loop keeps acknowledging meanwhile."""
+    read = getattr(source, "read1", source.read)
+    pending, number = b"", 0
+    while chunk := await asyncio.to_thread(read, 1 << 16):
+        *complete, pending = (pending + chunk).split(b"\n")
+        for line in complete:
+            number += 1
+            yield number, line
+    if pending:
+        yield number + 1, pending
 
-    async def settle(number: int, task: asyncio.Task[Record | Pending]) -> None:
-        nonlocal refused
+
+async def _parsed(source: IO[bytes]) -> AsyncIterator[tuple[int, Append | LedgerError]]:
+    """Each non-blank line of ``source`` as what to record, or why it cannot be."""
+    async for number, raw in _lines(source):
+        line = raw.rstrip(b"\r")
+        if not line.strip():
+            continue
         try:
-            _ack(number, await task)
+            item = parse_line(line)
         except LedgerError as e:
-            _bad(number, e)
-            refused += 1
+            yield number, e
+            continue
+        if item is not None:  # an export's header or trailer
+            yield number, item
 
-    for number, item in parsed:
+
+async def _record_each(book: Ledger, items: AsyncIterator[tuple[int, Append | LedgerError]]) -> int:
+    """Record lines in order, many in flight (they share commits); each is acknowledged
+    once it and every line before it are done, while the next lines are still read."""
+    refused = 0
+    window: collections.deque[tuple[int, asyncio.Task[Record | Pending]]] = collections.deque()
+    failed: list[BaseException] = []
+
+    def settle(_: object = None) -> None:
+        nonlocal refused
+        while window and window[0][1].done() and not failed:
+            number, task = window.popleft()
+            try:
+                _ack(number, task.result())
+            except LedgerError as e:
+                _bad(number, e)
+                refused += 1
+            except BaseException as e:  # not a refusal: the command fails with it
+                failed.append(e)
+
+    async for number, item in items:
+        if failed:
+            break
+        if isinstance(item, LedgerError):
+            _bad(number, item)
+            refused += 1
+            continue
         # tasks take their first step in creation order, so lines reach the writer in order
         task = asyncio.create_task(
             book.record(
@@ -429,11 +467,16 @@ async def _record_each(book: Ledger, parsed: list[tuple[int, Append]]) -> int:
                 metadata=item.metadata,
             )
         )
+        task.add_done_callback(settle)
         window.append((number, task))
         if len(window) >= 256:
-            await settle(*window.pop(0))
-    for number, task in window:
-        await settle(number, task)
+            await asyncio.wait([window[0][1]])
+            settle()
+    while window and not failed:
+        await asyncio.wait([window[0][1]])
+        settle()
+    if failed:
+        raise failed[0]
     return refused
 
 

@@ -9,6 +9,7 @@ import datetime as dt
 import io
 import json
 import os
+import select
 import sqlite3
 import stat
 import subprocess
@@ -191,6 +192,29 @@ def test_record_reports_bad_lines_by_number_and_writes_none_of_them(tmp_path: Pa
     assert bad[3].get("field") == "quantity"
     stored = [json.loads(line) for line in cli(url, "events", "--json").stdout.splitlines()]
     assert [r["type"] for r in stored] == ["TradeOpened", "StopMoved"]
+
+
+def test_record_from_a_pipe_acknowledges_each_line_while_the_pipe_stays_open(
+    tmp_path: Path,
+) -> None:
+    """`bot | tradeledger record -`: a line is recorded and acknowledged as it comes, not at EOF."""
+    url = f"sqlite:///{tmp_path / 'pipe.db'}"
+    env = {k: v for k, v in os.environ.items() if k != "TRADELEDGER_URL"}
+    argv = [*tradeledger(), "--url", url, "record", "-"]
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    with subprocess.Popen(argv, **pipes, text=True, env=env, cwd=tmp_path) as process:
+        assert process.stdin is not None and process.stdout is not None
+        acks = []
+        for number, event in enumerate(HISTORY[:3], start=1):
+            process.stdin.write(json.dumps(event) + "\n")
+            process.stdin.flush()
+            # the acknowledgement comes while stdin is still open
+            readable, _, _ = select.select([process.stdout], [], [], 30)
+            assert readable, f"no acknowledgement of line {number} while the pipe is open"
+            acks.append(json.loads(process.stdout.readline()))
+        process.stdin.close()
+        assert process.wait(timeout=30) == 0
+    assert [(a["line"], a["position"]) for a in acks] == [(1, 1), (2, 2), (3, 3)]
 
 
 def test_record_counts_blank_lines_in_line_numbers(tmp_path: Path) -> None:
