@@ -172,9 +172,14 @@ async def bench_ledger(path: Path, name: str, lanes: list[list[Event]]) -> Resul
     return result(name, len(lanes), seconds, commits, latencies)
 
 
-def bench_sqlite3(path: Path, source: Path) -> Result:
+def stored_rows(source: Path) -> list[Any]:
+    """The records a's ledger stored, as rows, in log order."""
     with contextlib.closing(sqlite3.connect(source)) as conn:
-        rows = conn.execute("SELECT * FROM records ORDER BY position").fetchall()
+        return conn.execute("SELECT * FROM records ORDER BY position").fetchall()
+
+
+def bench_sqlite3(path: Path, source: Path) -> Result:
+    rows = stored_rows(source)
     conn = sqlite3.connect(path, isolation_level=None)
     conn.executescript(SCHEMA)
     latencies: list[float] = []
@@ -190,8 +195,7 @@ def bench_sqlite3(path: Path, source: Path) -> Result:
 
 async def bench_handoff(path: Path, source: Path) -> Result:
     """c's rows, each awaited by one asyncio producer while a thread commits it."""
-    with contextlib.closing(sqlite3.connect(source)) as conn:
-        rows = conn.execute("SELECT * FROM records ORDER BY position").fetchall()
+    rows = stored_rows(source)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.executescript(SCHEMA)
     loop = asyncio.get_running_loop()

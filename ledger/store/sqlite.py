@@ -39,6 +39,7 @@ from ledger.errors import (
     StoreUnavailable,
 )
 from ledger.failpoints import FailPoints
+from ledger.projection import insert_rows
 from ledger.record import Record
 from ledger.store.protocol import Checkpoint, Clock, Head, Proposal, Rules
 from ledger.store.staging import Row, Stage, stage_batch
@@ -89,14 +90,21 @@ MIGRATIONS: tuple[str, ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_COLUMNS = (
-    "position, stream_id, version, event_id, type, schema_version, "
-    "occurred_at, recorded_at, data, metadata, prev_hash, hash"
+_NAMES = (
+    "position",
+    "stream_id",
+    "version",
+    "event_id",
+    "type",
+    "schema_version",
+    "occurred_at",
+    "recorded_at",
+    "data",
+    "metadata",
+    "prev_hash",
+    "hash",
 )
-_INSERT_HEAD = f"INSERT INTO records ({_COLUMNS}) VALUES"
-_RECORD_COLUMNS = 12
-_ROW_MARKS = f"({', '.join('?' * _RECORD_COLUMNS)})"
-_INSERT = f"{_INSERT_HEAD} {_ROW_MARKS}"
+_COLUMNS = ", ".join(_NAMES)
 _HOLD_MAX_EVENTS = 1000  # a bigger next group stages too long to hold answers over it
 _SELECT = f"SELECT {_COLUMNS} FROM records"
 
@@ -268,13 +276,10 @@ class _Writer:
         )
         self.verified: set[str] = set()
         self.data_version = -1
-        # A committed group's answers, held while the next group is staged: sent just
-        # before that group's COMMIT, they wake the callers' event loop while its fsync
-        # runs, not while the writer needs the GIL (see commit_group).
-        self.held: list[tuple[asyncio.Future[Any], Any]] = []
-        # rows per INSERT: 500, or fewer where SQLite was built to bind fewer parameters
-        limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        self.rows_per_insert = max(1, min(500, limit // _RECORD_COLUMNS))
+        # A committed group's requests, their answers held while the next group is
+        # staged: sent just before that group's COMMIT, they wake the callers' event
+        # loop while its fsync runs, not while the writer needs the GIL (see commit_group).
+        self.held: list[_Request] = []
         self.deadlines = _Deadlines()  # the callers' side: touched on the event loop only
         self.log = structlog.get_logger("tradeledger").bind(store="sqlite")
         self.thread = threading.Thread(
@@ -305,7 +310,7 @@ class _Writer:
         """Send the held answers of the last committed group."""
         if self.held:
             held, self.held = self.held, []
-            self.store.answer(held)
+            self.store.answer([(request.future, request.outcome) for request in held])
 
     def run(self) -> None:
         while True:
@@ -491,11 +496,11 @@ class _Writer:
         # sooner when the next group is big or cannot take the write lock at once,
         # and a caller whose wait runs out meanwhile takes its outcome from its
         # request (_ANSWERED): a committed append is never reported unknown.
-        self.held = [(r.future, o) for r, o in zip(live, outcomes, strict=True)]
         with self.lock:
             for request, outcome in zip(live, outcomes, strict=True):
                 request.outcome, request.state = outcome, _ANSWERED
             more = bool(self.queue)
+        self.held = live
         if not more:
             self.release()
         for stream_id, entry in stage.streams.items():
@@ -609,17 +614,8 @@ class _Writer:
     def insert(self, rows: Sequence[Row], *, look_up: bool) -> None:
         """Insert a group's staged rows; an event id taken for new that the log holds
         fails on its UNIQUE constraint, which redoes the group with lookups (see apply)."""
-        per_statement = self.rows_per_insert
         try:
-            for start in range(0, len(rows), per_statement):
-                chunk = rows[start : start + per_statement]
-                if len(chunk) == 1:
-                    self.conn.execute(_INSERT, chunk[0])
-                else:
-                    self.conn.execute(
-                        f"{_INSERT_HEAD} {', '.join([_ROW_MARKS] * len(chunk))}",
-                        [value for row in chunk for value in row],
-                    )
+            insert_rows(self.conn, "records", _NAMES, rows, verb="INSERT")
         except sqlite3.IntegrityError as e:
             if look_up:
                 raise
