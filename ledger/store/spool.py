@@ -12,6 +12,9 @@ version conflict with another host, say) goes to the quarantine table and is
 logged as an error: never dropped, never changed (``quarantined()`` lists
 them; ``describe()`` counts what is pending and what was quarantined). The
 spool opens with the ledger, which needs Redis reachable at that moment.
+Processes that share a spool path (a bot and the CLI with its URL) each
+forward what waits there; whether anything waits is read from the file, so
+once any of them has drained it, appends go straight to Redis again.
 """
 
 from __future__ import annotations
@@ -105,6 +108,11 @@ def _decode(blob: bytes) -> list[Proposal]:
 T = TypeVar("T")
 
 
+def _holds_any(conn: sqlite3.Connection) -> bool:
+    """Whether anything waits in the spool, whoever spooled it."""
+    return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM spool)").fetchone()[0])
+
+
 def _oldest(conn: sqlite3.Connection) -> tuple[int, bytes, str] | None:
     """The first batch in line: (seq, batch, spooled_at)."""
     row: tuple[int, bytes, str] | None = conn.execute(
@@ -140,7 +148,10 @@ class SpoolStore:
         self._conn: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()  # one user of the spool's connection at a time
         self._draining = asyncio.Lock()
-        self._pending = 0
+        # Whether anything waits in the spool: later appends queue behind it. Read
+        # from the file, never counted here: a spool may be drained by another
+        # process on the same path (a CLI or a second bot with the same URL).
+        self._spooled = False
         self._forwarder: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._log = structlog.get_logger("tradeledger")
@@ -161,11 +172,12 @@ class SpoolStore:
 
     async def open(self) -> None:
         self._conn = await asyncio.to_thread(self._connect)
-        self._pending, _ = self.counts()
+        pending, _ = self.counts()
+        self._spooled = pending > 0
         try:
             await self.inner.open()
         except StoreUnavailable:
-            self._log.error("redis_unreachable_at_open", address=self.url, spooled=self._pending)
+            self._log.error("redis_unreachable_at_open", address=self.url, spooled=pending)
             self._conn.close()
             self._conn = None
             raise
@@ -230,7 +242,12 @@ class SpoolStore:
 
     async def append(self, batch: Sequence[Proposal]) -> list[Record | Pending]:
         unknown: OutcomeUnknown | None = None
-        if self._pending == 0:
+        if self._spooled:  # unless someone has drained it meanwhile
+            async with self._lock:
+                self._spooled = await self._sql(
+                    _holds_any, self._live(), failing=f"the spool {self.path}"
+                )
+        if not self._spooled:
             try:
                 return list(await self.inner.append(batch))
             except (StoreUnavailable, OutcomeUnknown) as e:
@@ -260,7 +277,7 @@ class SpoolStore:
             seq = await self._sql(
                 write, failing=f"{self.url} is unreachable and the spool {self.path}"
             )
-            self._pending += 1
+            self._spooled = True
         self._start_forwarding()
         self._wake.set()
         return [Pending(p.event_id, p.stream_id, seq, now) for p in batch]
@@ -277,6 +294,8 @@ class SpoolStore:
             while True:
                 async with self._lock:
                     row = await self._sql(_oldest, conn)
+                    if row is None:
+                        self._spooled = False
                 if row is None:
                     return sent
                 seq, blob, spooled_at = row
@@ -287,7 +306,6 @@ class SpoolStore:
                 except (InvalidEvent, ConcurrencyError, IdempotencyConflict) as refused:
                     async with self._lock:
                         await self._sql(self._quarantine, conn, seq, blob, spooled_at, refused)
-                        self._pending -= 1
                     self._log.error(
                         "spool_quarantined",
                         address=self.url,
@@ -299,7 +317,6 @@ class SpoolStore:
                     continue
                 async with self._lock:
                     await self._sql(conn.execute, "DELETE FROM spool WHERE seq = ?", (seq,))
-                    self._pending -= 1
                 sent += 1
                 if self._drained is not None:
                     await self._drained(records)

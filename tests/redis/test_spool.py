@@ -180,6 +180,42 @@ def test_a_spooled_append_that_redis_refuses_is_quarantined_logged_and_kept(
     assert (facts["spool_pending"], facts["spool_quarantined"]) == (0, 2)
 
 
+def test_a_spool_drained_by_another_process_lets_appends_go_straight_to_redis_again(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    """Two ledgers on one spool path (a bot and a CLI with the same URL): when the other drains what this one spooled, this one's next append is a record again, not a Pending for good."""
+    server = make_server()
+    client = server.client()
+    client.acl_setuser(
+        "bot", enabled=True, passwords=["+bot-pw"], keys=["*"], channels=["*"],
+        commands=["+@all"],
+    )  # fmt: skip
+    client.close()
+    spool = f"&spool={tmp_path / 'spool.db'}"
+    other_url = server.url(tmp_path, name="shared") + spool
+    bot_url = other_url.replace("redis://", "redis://bot:bot-pw@")
+
+    async def body() -> tuple[Any, list[Record], dict[str, Any]]:
+        async with open_ledger(bot_url) as bot:
+            await bot.record(opened("t1"))
+            _lock_out(server, "bot", enabled=False)
+            assert isinstance(await bot.record(stop_moved("t1"), event_id="m1"), Pending)
+            async with open_ledger(other_url) as other:  # drains the bot's spool
+                await drained(other)
+            _lock_out(server, "bot", enabled=True)
+            after = await bot.record(closed("t1"))
+            return after, await all_records(bot), await bot.store.describe()
+
+    after, records, facts = run(body())
+    assert isinstance(after, Record)
+    assert [(r.type, r.position) for r in records] == [
+        ("TradeOpened", 1),
+        ("StopMoved", 2),
+        ("TradeClosed", 3),
+    ]
+    assert (facts["spool_pending"], facts["spool_quarantined"]) == (0, 0)
+
+
 def test_a_spool_left_with_pending_events_drains_when_the_ledger_opens_again(
     make_server: MakeServer, tmp_path: Path
 ) -> None:
