@@ -1245,10 +1245,11 @@ def _progress(label: str) -> Any:
 )
 @click.pass_obj
 def anchor(url: str, key_file: str | None, new_key_file: str | None) -> None:
-    """Sign the current head (position and hash) and print the anchor as one JSON line.
+    """Verify the log, then sign its head (position and hash) and print the anchor as one JSON line.
 
     Keep the line somewhere else (another host, write-once storage); `verify
-    --anchor` later proves the log still holds exactly that head.
+    --anchor` later proves the log still holds exactly that head. A log that
+    fails verify is not signed: exit 1, naming the first bad position.
 
     \b
     Example:
@@ -1270,9 +1271,23 @@ def anchor(url: str, key_file: str | None, new_key_file: str | None) -> None:
 
     async def go() -> None:
         key = load_private_key(key_file)
+        # an anchor vouches for everything up to its head: sign only what verifies,
+        # and exactly the head that was verified (the bot may append meanwhile)
+        with _progress("verifying") as tick:
+            report = await verify_ledger(url, progress=tick)
+        if not report.ok:
+            first = report.first_bad
+            assert first is not None
+            at = f"position {first.position}" if first.position is not None else "the log"
+            click.echo(
+                f"error: {safe_url(url)} fails verify, not signing: first bad: {at}: "
+                f"{_safe(first.reason)} (run `tradeledger verify` for the report)",
+                err=True,
+            )
+            sys.exit(1)
         async with open_ledger(url, create=False) as book:
-            head = await book.store.head()
-            signed = sign(await book.store.ledger_id(), head.position, head.hash, key, book.clock())
+            ledger_id, now = await book.store.ledger_id(), book.clock()
+        signed = sign(ledger_id, report.head_position, report.head_hash, key, now)
         click.echo(_encode(signed).decode())
 
     _run(go())

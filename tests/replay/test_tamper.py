@@ -345,6 +345,19 @@ def test_cli_verify_fails_a_cut_tail(url: str, tmp_path: Path) -> None:
     assert "position 13" in result.stdout
 
 
+def test_cli_anchor_refuses_to_sign_a_log_that_fails_verify(url: str, tmp_path: Path) -> None:
+    """`anchor` on an altered log exits 1 naming the first bad position and prints no anchor line."""
+    key = tmp_path / "ledger.key"
+    new_key(key)
+    with tampered(url) as conn:
+        conn.execute('UPDATE records SET metadata = \'{"note":"x"}\' WHERE position = 7')
+    result = cli(url, "anchor", "--key", str(key), cwd=tmp_path)
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "not signing" in result.stderr and "position 7" in result.stderr
+
+
 def test_cli_verify_fails_a_forged_anchor(url: str, tmp_path: Path) -> None:
     """`verify --anchor` exits 1 when the anchor line was edited after signing."""
     anchors, public = cli_anchor(url, tmp_path)
