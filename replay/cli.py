@@ -1136,6 +1136,7 @@ def verify(
 
     async def go() -> None:
         anchors = []
+        notes: list[str] = []  # what an ok report could not check
         if anchor_file and public_key:
             key = load_public_key(public_key)
             for line in Path(anchor_file).read_text().splitlines():
@@ -1164,9 +1165,18 @@ def verify(
                 report = await verify_records(each(), anchors=anchors, links=not filtered)
             if not is_csv:
                 _check_trailer(report, info)
+            elif not anchors:
+                notes.append("a CSV export has no trailer: a cut tail shows only against an anchor")
+            if filtered:
+                notes.append(
+                    "a filtered export: each record's own hash checked, not the links between them"
+                )
+            elif not report.complete:
+                notes.append("a partial export: links before its first record not checked")
         else:
             with _progress("verifying") as tick:
                 report = await verify_ledger(url, anchors=anchors, progress=tick)
+        report.notes = notes
         if as_json:
             _json(report)
         else:
@@ -1198,11 +1208,7 @@ def _check_trailer(report: Report, info: ExportFile) -> None:
 
 def _print_report(report: Report, where: str) -> None:
     if report.ok:
-        scope = (
-            ""
-            if report.complete
-            else " (a partial export: links before its first record not checked)"
-        )
+        scope = "".join(f" ({note})" for note in report.notes)
         click.echo(
             f"ok: {where}: {report.records} records, head {report.head_position} {report.head_hash}, "
             f"{report.checkpoints} checkpoint(s), {report.anchors} anchor(s) verified{scope}"

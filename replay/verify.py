@@ -47,6 +47,7 @@ class Report(msgspec.Struct, kw_only=True):
     checkpoints: int = 0
     anchors: int = 0
     complete: bool = True
+    notes: list[str] = msgspec.field(default_factory=list)  # what an ok report could not check
 
 
 class Checker:

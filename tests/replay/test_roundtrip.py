@@ -149,6 +149,43 @@ def test_a_partial_export_verifies_from_its_first_record(trip: Trip) -> None:
     assert "partial" in result.stdout
 
 
+def test_a_csv_export_verifies_and_says_a_cut_tail_would_not_show(trip: Trip) -> None:
+    """A CSV export (no trailer) verifies ok, and the report says a cut tail shows only against an anchor, cut or not."""
+    full = trip.directory / "trail.csv"
+    run(trip.source, "export", "--format", "csv", "-o", str(full), cwd=trip.directory)
+    lines = full.read_text().splitlines(keepends=True)
+    cut = trip.directory / "cut.csv"
+    cut.write_text("".join(lines[:-3]))
+    for path, records in ((full, len(HISTORY)), (cut, len(HISTORY) - 3)):
+        result = verify_file(trip, path)
+        assert result.returncode == 0, result.stdout
+        assert f"{records} records" in result.stdout
+        assert "no trailer: a cut tail shows only against an anchor" in result.stdout
+    report = json.loads(
+        run(trip.source, "verify", "--file", str(cut), "--json", cwd=trip.directory).stdout
+    )
+    assert report["ok"] is True and report["notes"] == [
+        "a CSV export has no trailer: a cut tail shows only against an anchor"
+    ]
+
+
+def test_a_filtered_export_verifies_and_says_only_each_records_hash_was_checked(
+    trip: Trip,
+) -> None:
+    """An export filtered by type verifies ok and says the links between its records were not checked."""
+    opens = trip.directory / "opens.jsonl"
+    run(trip.source, "export", "--type", "TradeOpened", "-o", str(opens), cwd=trip.directory)
+    assert {r["type"] for r in records_of(opens)} == {"TradeOpened"}
+    result = verify_file(trip, opens)
+    assert result.returncode == 0, result.stdout
+    assert "a filtered export: each record's own hash checked" in result.stdout
+    assert "partial" not in result.stdout
+    whole = json.loads(
+        run(trip.source, "verify", "--file", str(trip.export), "--json", cwd=trip.directory).stdout
+    )
+    assert whole["notes"] == []
+
+
 def test_a_re_recorded_export_gives_the_same_events(trip: Trip) -> None:
     """An export recorded into a new ledger exports again with the same events, field for field."""
     again = trip.directory / "again.jsonl"
