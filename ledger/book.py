@@ -15,7 +15,6 @@ from collections.abc import Generator, Sequence
 from typing import Any, TypeVar
 
 import msgspec
-import structlog
 
 from ledger.codec import encode_data, encode_metadata
 from ledger.errors import (
@@ -28,6 +27,7 @@ from ledger.errors import (
 )
 from ledger.events import Event, natural_event_id, stream_of, validate
 from ledger.failpoints import FailPoints
+from ledger.logs import get_logger
 from ledger.projection import StateProjection, TableProjection
 from ledger.record import Pending, Record
 from ledger.runner import Runner
@@ -289,9 +289,7 @@ class Ledger:
 
 
 def _log_refusal(refused: LedgerError) -> None:
-    structlog.get_logger("tradeledger").info(
-        "refused", error=type(refused).__name__, reason=str(refused)
-    )
+    get_logger("tradeledger").info("refused", error=type(refused).__name__, reason=str(refused))
 
 
 def open_ledger(

@@ -23,11 +23,11 @@ from collections.abc import AsyncIterable, Callable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
-import structlog
 
 from ledger.chain import GENESIS
 from ledger.errors import IntegrityError, InvalidEvent, LedgerError
 from ledger.events import EVENT_TYPES, TRADE_EVENTS, Event, TradeEvent
+from ledger.logs import get_logger
 from ledger.projection import ReadModel, StateProjection, Step, TableProjection
 from ledger.record import Record
 from ledger.store import Checkpoint, Clock, EventStore
@@ -122,7 +122,7 @@ class Runner:
         self._checkpointed = 0
         self._saving: asyncio.Task[None] | None = None
         self._writing: asyncio.Future[None] | None = None
-        self._log = structlog.get_logger("tradeledger")
+        self._log = get_logger("tradeledger")
         self.restored: dict[str, int] = {}
         self.replayed = 0
         self.parallel_from = 50_000  # records: below it, a second process costs more than it saves

@@ -38,12 +38,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import click
 import msgspec
-import structlog
 
 import projections as views
 from ledger import LedgerError, open_ledger
 from ledger.book import Ledger
 from ledger.errors import ProjectionFaulted, StoreError
+from ledger.logs import get_logger
 from ledger.readmodel import LocalReadModel
 from ledger.record import Record
 from ledger.runner import Runner
@@ -569,7 +569,7 @@ class Book:
         self._runner: Runner | None = None
         self._follower: asyncio.Task[None] | None = None
         self._moved = asyncio.Condition()
-        self._log = structlog.get_logger("tradeledger.http")
+        self._log = get_logger("tradeledger.http")
 
     async def __aenter__(self) -> Book:
         await self._ledger.open()
@@ -1037,7 +1037,7 @@ class _Edge:
         self.app = app
         self.token = None if token is None else token.encode()
         self.hosts = hosts
-        self.log = structlog.get_logger("tradeledger.http")
+        self.log = get_logger("tradeledger.http")
 
     def _refusal(self, scope: Scope) -> _Problem | None:
         headers = dict(scope.get("headers") or [])
@@ -1173,7 +1173,7 @@ def create_app(book: Book, *, token: str | None = None, loopback: bool = True) -
             if isinstance(exc, StoreError)
             else "ledger_error"
         )
-        structlog.get_logger("tradeledger.http").warning(
+        get_logger("tradeledger.http").warning(
             "ledger_error", error=type(exc).__name__, reason=str(exc)
         )
         return _respond(Error(error=error, message=f"{type(exc).__name__}: {exc}"), status=503)

@@ -53,7 +53,6 @@ from typing import Any, TypeVar
 
 import hiredis
 import msgspec
-import structlog
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -76,6 +75,7 @@ from ledger.errors import (
 )
 from ledger.events import SignalEmitted, TradeOpened
 from ledger.failpoints import FailPoints
+from ledger.logs import get_logger
 from ledger.readmodel import LocalReadModel
 from ledger.record import Record
 from ledger.store.protocol import Checkpoint, Clock, Head, Proposal, Rules
@@ -335,7 +335,7 @@ class RedisStore:
         self._answered_at = 0.0
         self._closing = False
         self._closed = False
-        self._log = structlog.get_logger("tradeledger")
+        self._log = get_logger("tradeledger")
 
     # lifecycle
 

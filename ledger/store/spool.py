@@ -28,7 +28,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequ
 from typing import Any, TypeVar
 
 import msgspec
-import structlog
 
 from ledger.chain import timestamp
 from ledger.codec import decode_event
@@ -41,6 +40,7 @@ from ledger.errors import (
     OutcomeUnknown,
     StoreUnavailable,
 )
+from ledger.logs import get_logger
 from ledger.readmodel import LocalReadModel
 from ledger.record import Pending, Record
 from ledger.store.protocol import Checkpoint, Head, Proposal
@@ -154,7 +154,7 @@ class SpoolStore:
         self._spooled = False
         self._forwarder: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
-        self._log = structlog.get_logger("tradeledger")
+        self._log = get_logger("tradeledger")
 
     @property
     def durability(self) -> str:

@@ -26,7 +26,6 @@ from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from typing import Any
 
 import aiosqlite
-import structlog
 
 from ledger.chain import GENESIS, parse_timestamp, timestamp
 from ledger.codec import decode_event
@@ -39,6 +38,7 @@ from ledger.errors import (
     StoreUnavailable,
 )
 from ledger.failpoints import FailPoints
+from ledger.logs import get_logger
 from ledger.projection import insert_rows
 from ledger.record import Record
 from ledger.store.protocol import Checkpoint, Clock, Head, Proposal, Rules
@@ -281,7 +281,7 @@ class _Writer:
         # loop while its fsync runs, not while the writer needs the GIL (see commit_group).
         self.held: list[_Request] = []
         self.deadlines = _Deadlines()  # the callers' side: touched on the event loop only
-        self.log = structlog.get_logger("tradeledger").bind(store="sqlite")
+        self.log = get_logger("tradeledger").bind(store="sqlite")
         self.thread = threading.Thread(
             target=self.run, name="tradeledger-sqlite-writer", daemon=True
         )
@@ -515,7 +515,7 @@ class _Writer:
     def fail(self, requests: list[_Request], error: LedgerError, cause: BaseException) -> None:
         self.release()
         error.__cause__ = cause
-        structlog.get_logger("tradeledger").error(
+        get_logger("tradeledger").error(
             "store_fault",
             store="sqlite",
             path=self.store.path,
@@ -950,7 +950,7 @@ class SqliteStore:
                     _parse_time(saved_at),
                 )
             except (TypeError, ValueError) as e:
-                structlog.get_logger("tradeledger").warning(
+                get_logger("tradeledger").warning(
                     "checkpoint_unreadable", store="sqlite", path=self.path, error=str(e)
                 )
         return found
