@@ -19,7 +19,7 @@ import hashlib
 import pickle
 import sqlite3
 import sys
-from collections.abc import AsyncIterable, Callable, Sequence
+from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -85,6 +85,20 @@ class TradeFold(StateProjection):
     def restore(self, data: bytes) -> None:
         trades = msgspec.msgpack.decode(data, type=list[TradeState])
         self.open = {trade.trade_id: trade for trade in trades}
+
+
+def _refuse_a_cut_tail(
+    head: int, checkpoints: Mapping[str, Checkpoint], tables: Mapping[str, tuple[str, int, str]]
+) -> None:
+    """IntegrityError if the log ends before a checkpoint or a table view's saved position."""
+    saved = [("checkpoint", c.name, c.position) for c in checkpoints.values()]
+    saved += [("view", name, position) for name, (_, position, _) in tables.items()]
+    for kind, name, position in saved:
+        if position > head:
+            raise IntegrityError(
+                f"the log ends at position {head} but {kind} {name!r} was saved at {position}: "
+                "records were removed from the tail (run `tradeledger verify`)"
+            )
 
 
 class Runner:
@@ -168,12 +182,7 @@ class Runner:
         stored = await self.read_model.transact(self._setup_tables, durable=False)
         head = await self.store.head()
         checkpoints = await self.store.load_checkpoints()
-        for checkpoint in checkpoints.values():
-            if checkpoint.position > head.position:
-                raise IntegrityError(
-                    f"the log ends at position {head.position} but checkpoint {checkpoint.name!r} "
-                    f"was taken at {checkpoint.position}: records were removed from the tail"
-                )
+        _refuse_a_cut_tail(head.position, checkpoints, stored)
         self._fold_at = await self._restore(self.fold, checkpoints.get(self.fold.name))
         for state in self.states:
             self._at[state.name] = await self._restore(state, checkpoints.get(state.name))
@@ -183,11 +192,6 @@ class Runner:
             reason = None
             if identity is not None and identity != table.identity():
                 reason = "its identity changed"
-            elif position > head.position:
-                raise IntegrityError(
-                    f"the log ends at position {head.position} but view {table.name!r} "
-                    f"was built to {position}: records were removed from the tail"
-                )
             elif table.unreadable is not None:
                 reason = table.unreadable
             elif position and not await self._hash_matches(position, digest_):
@@ -513,8 +517,12 @@ class Runner:
         if not self.active:
             return
         async with self._lock:
-            await self._reset_all()
+            # a log shorter than its views' saved positions is evidence (verify reports
+            # it): refolding would overwrite the checkpoints that show it
+            stored = await self.read_model.transact(self._setup_tables, durable=False)
             head = await self.store.head()
+            _refuse_a_cut_tail(head.position, await self.store.load_checkpoints(), stored)
+            await self._reset_all()
             elsewhere = None
             if (
                 url is not None

@@ -643,6 +643,29 @@ def test_rebuild_restores_a_damaged_view(tmp_path: Path) -> None:
     assert [t["trade_id"] for t in rebuilt["trades"]] == ["t1", "t2"]
 
 
+def test_rebuild_refuses_a_log_whose_tail_was_cut_and_keeps_the_evidence(tmp_path: Path) -> None:
+    """`rebuild` on a log shorter than its checkpoints exits 1 and leaves them, so verify still reports the cut."""
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    build(url)
+    conn = sqlite3.connect(path_of(url))
+    conn.execute("DROP TRIGGER records_no_delete")
+    conn.execute("DELETE FROM records WHERE position > 12")
+    conn.commit()
+    saved = conn.execute("SELECT name, position, hash FROM checkpoints ORDER BY name").fetchall()
+    conn.close()
+    assert saved and all(position > 12 for _, position, _ in saved)
+    result = cli(url, "rebuild", cwd=tmp_path)
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 1
+    assert "removed from the tail" in result.stderr and "verify" in result.stderr
+    conn = sqlite3.connect(path_of(url))
+    after = conn.execute("SELECT name, position, hash FROM checkpoints ORDER BY name").fetchall()
+    conn.close()
+    assert after == saved
+    verified = cli(url, "verify", cwd=tmp_path)
+    assert verified.returncode == 1 and "the tail was cut" in verified.stdout
+
+
 def test_tail_from_a_position_stops_after_the_limit(recorded: Recorded) -> None:
     """`tail --from-position N --limit K` prints K records from N, then exits 0."""
     found = recorded.json_lines("tail", "--from-position", "12", "--limit", "3", "--json")
