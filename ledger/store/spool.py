@@ -12,9 +12,11 @@ version conflict with another host, say) goes to the quarantine table and is
 logged as an error: never dropped, never changed (``quarantined()`` lists
 them; ``describe()`` counts what is pending and what was quarantined). The
 spool opens with the ledger, which needs Redis reachable at that moment.
-Processes that share a spool path (a bot and the CLI with its URL) each
-forward what waits there; whether anything waits is read from the file, so
-once any of them has drained it, appends go straight to Redis again.
+Processes that share a spool path (a bot and the CLI with its URL) forward
+what waits there one at a time (a lock on the file ``PATH-drain``); whether
+anything waits is read from the file, so once any of them has drained it,
+appends go straight to Redis again. Each row names its ledger, and a ledger
+forwards only its own rows.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import fcntl
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
@@ -34,6 +37,7 @@ from ledger.codec import decode_event
 from ledger.errors import (
     ConcurrencyError,
     IdempotencyConflict,
+    IncompatibleStore,
     InvalidEvent,
     LedgerClosed,
     LedgerError,
@@ -60,11 +64,67 @@ class _Line(msgspec.Struct, array_like=True):
     metadata: str
 
 
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY, batch BLOB NOT NULL, spooled_at TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS quarantine (seq INTEGER PRIMARY KEY, batch BLOB NOT NULL, "
+# Schema 1. A seq is never handed out twice (AUTOINCREMENT): a drainer deletes the row it
+# forwarded by its seq, and a quarantined batch keeps its seq. Each row names the ledger
+# it was spooled for (NULL: spooled by schema 0, claimed by the next ledger to open it);
+# a ledger forwards only its own rows.
+_SCHEMA_VERSION = 1
+_TABLES = (
+    "CREATE TABLE spool (seq INTEGER PRIMARY KEY AUTOINCREMENT, ledger TEXT, "
+    "batch BLOB NOT NULL, spooled_at TEXT NOT NULL)",
+    "CREATE TABLE quarantine (seq INTEGER PRIMARY KEY, ledger TEXT, batch BLOB NOT NULL, "
     "spooled_at TEXT NOT NULL, reason TEXT NOT NULL, quarantined_at TEXT NOT NULL)",
 )
+
+
+def _migrate(conn: sqlite3.Connection, path: str) -> None:
+    """Bring a spool file to schema 1; refuse a newer one."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] == _SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > _SCHEMA_VERSION:
+            raise IncompatibleStore(
+                f"the spool {path} has schema {version}; this tradeledger knows up to "
+                f"{_SCHEMA_VERSION}: upgrade it"
+            )
+        if version == 0:
+            _from_schema_0(conn)
+            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _from_schema_0(conn: sqlite3.Connection) -> None:
+    """Schema 0 reused the seq of a drained row, which a later row could then share with a
+    quarantined batch (and never be quarantined) or lose to a late drainer's delete: its
+    rows are renumbered, in order, above every seq it ever used."""
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    for old in tables & {"spool", "quarantine"}:
+        conn.execute(f"ALTER TABLE {old} RENAME TO {old}_0")
+    for statement in _TABLES:
+        conn.execute(statement)
+    used = 0
+    if "quarantine" in tables:
+        conn.execute(
+            "INSERT INTO quarantine (seq, batch, spooled_at, reason, quarantined_at) "
+            "SELECT seq, batch, spooled_at, reason, quarantined_at FROM quarantine_0"
+        )
+        conn.execute("DROP TABLE quarantine_0")
+        used = conn.execute("SELECT coalesce(max(seq), 0) FROM quarantine").fetchone()[0]
+    if "spool" in tables:
+        used = max(used, conn.execute("SELECT coalesce(max(seq), 0) FROM spool_0").fetchone()[0])
+    conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('spool', ?)", (used,))
+    if "spool" in tables:
+        conn.execute(
+            "INSERT INTO spool (batch, spooled_at) SELECT batch, spooled_at FROM spool_0 "
+            "ORDER BY seq"
+        )
+        conn.execute("DROP TABLE spool_0")
 
 
 def _encode(batch: Sequence[Proposal]) -> bytes:
@@ -108,17 +168,31 @@ def _decode(blob: bytes) -> list[Proposal]:
 T = TypeVar("T")
 
 
-def _holds_any(conn: sqlite3.Connection) -> bool:
-    """Whether anything waits in the spool, whoever spooled it."""
-    return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM spool)").fetchone()[0])
+def _holds_any(conn: sqlite3.Connection, ledger: str) -> bool:
+    """Whether anything of ``ledger`` waits in the spool, whichever process spooled it."""
+    found = conn.execute("SELECT EXISTS (SELECT 1 FROM spool WHERE ledger = ?)", (ledger,))
+    return bool(found.fetchone()[0])
 
 
-def _oldest(conn: sqlite3.Connection) -> tuple[int, bytes, str] | None:
-    """The first batch in line: (seq, batch, spooled_at)."""
+def _oldest(conn: sqlite3.Connection, ledger: str) -> tuple[int, bytes, str] | None:
+    """The first batch of ``ledger`` in line: (seq, batch, spooled_at)."""
     row: tuple[int, bytes, str] | None = conn.execute(
-        "SELECT seq, batch, spooled_at FROM spool ORDER BY seq LIMIT 1"
+        "SELECT seq, batch, spooled_at FROM spool WHERE ledger = ? ORDER BY seq LIMIT 1",
+        (ledger,),
     ).fetchone()
     return row
+
+
+def _claim_unowned(conn: sqlite3.Connection, ledger: str) -> None:
+    """Rows spooled before rows named their ledger belong to the first ledger opened on them."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for table in ("spool", "quarantine"):
+            conn.execute(f"UPDATE {table} SET ledger = ? WHERE ledger IS NULL", (ledger,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 class Quarantined(msgspec.Struct, frozen=True):
@@ -146,6 +220,10 @@ class SpoolStore:
         self.retry_every = retry_every
         self._drained: Callable[[list[Record]], Awaitable[None]] | None = None
         self._conn: sqlite3.Connection | None = None
+        self._ledger = ""  # the Redis ledger's id: the spool rows that are this ledger's
+        # one forwarder at a time per spool file, across processes: a lock on a file
+        # beside it, which the kernel drops with the process (and keeps while it is stopped)
+        self._drain_fd: int | None = None
         self._lock = asyncio.Lock()  # one user of the spool's connection at a time
         self._draining = asyncio.Lock()
         # Whether anything waits in the spool: later appends queue behind it. Read
@@ -171,31 +249,56 @@ class SpoolStore:
         self._start_forwarding()
 
     async def open(self) -> None:
-        self._conn = await asyncio.to_thread(self._connect)
+        conn = self._conn = await asyncio.to_thread(self._connect)
+        try:
+            try:
+                await self.inner.open()
+            except StoreUnavailable:
+                (spooled,) = conn.execute("SELECT count(*) FROM spool").fetchone()
+                self._log.error("redis_unreachable_at_open", address=self.url, spooled=spooled)
+                raise
+            self._ledger = await self.inner.ledger_id()
+            await self._sql(_claim_unowned, conn, self._ledger)
+        except BaseException:
+            await self.inner.aclose()
+            self._close_files()
+            raise
         pending, _ = self.counts()
         self._spooled = pending > 0
-        try:
-            await self.inner.open()
-        except StoreUnavailable:
-            self._log.error("redis_unreachable_at_open", address=self.url, spooled=pending)
-            self._conn.close()
-            self._conn = None
-            raise
 
     def _connect(self) -> sqlite3.Connection:
-        if not os.path.exists(self.path):
-            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        try:
+            if not os.path.exists(self.path):
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+            self._drain_fd = os.open(f"{self.path}-drain", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise StoreUnavailable(f"cannot open the spool {self.path}: {e.strerror}") from e
         try:
             conn = sqlite3.connect(
                 self.path, timeout=self.inner.timeout, isolation_level=None, check_same_thread=False
             )
+        except sqlite3.Error as e:
+            self._close_files()
+            raise StoreUnavailable(f"cannot open the spool {self.path}: {e}") from e
+        try:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
-            for statement in _SCHEMA:
-                conn.execute(statement)
-        except sqlite3.Error as e:
-            raise StoreUnavailable(f"cannot open the spool {self.path}: {e}") from e
+            _migrate(conn, self.path)
+        except BaseException as e:
+            conn.close()
+            self._close_files()
+            if isinstance(e, sqlite3.Error):
+                raise StoreUnavailable(f"cannot open the spool {self.path}: {e}") from e
+            raise
         return conn
+
+    def _close_files(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._drain_fd is not None:
+            os.close(self._drain_fd)
+            self._drain_fd = None
 
     def _start_forwarding(self) -> None:
         if (self._forwarder is None or self._forwarder.done()) and self._conn is not None:
@@ -207,10 +310,8 @@ class SpoolStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._forwarder
         await self.inner.aclose()
-        if self._conn is not None:
-            async with self._lock:
-                self._conn.close()
-                self._conn = None
+        async with self._lock:
+            self._close_files()
 
     def _live(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -218,16 +319,20 @@ class SpoolStore:
         return self._conn
 
     def counts(self) -> tuple[int, int]:
-        """(pending, quarantined) in the spool."""
-        conn = self._live()
-        (pending,) = conn.execute("SELECT count(*) FROM spool").fetchone()
-        (quarantined,) = conn.execute("SELECT count(*) FROM quarantine").fetchone()
+        """(pending, quarantined) in the spool, of this ledger."""
+        conn, mine = self._live(), (self._ledger,)
+        (pending,) = conn.execute("SELECT count(*) FROM spool WHERE ledger = ?", mine).fetchone()
+        (quarantined,) = conn.execute(
+            "SELECT count(*) FROM quarantine WHERE ledger = ?", mine
+        ).fetchone()
         return int(pending), int(quarantined)
 
     def quarantined(self) -> list[Quarantined]:
         """Every batch Redis refused, oldest first, exactly as it was spooled."""
         rows = self._live().execute(
-            "SELECT seq, spooled_at, quarantined_at, reason, batch FROM quarantine ORDER BY seq"
+            "SELECT seq, spooled_at, quarantined_at, reason, batch FROM quarantine "
+            "WHERE ledger = ? ORDER BY seq",
+            (self._ledger,),
         )
         return [
             Quarantined(
@@ -245,7 +350,7 @@ class SpoolStore:
         if self._spooled:  # unless someone has drained it meanwhile
             async with self._lock:
                 self._spooled = await self._sql(
-                    _holds_any, self._live(), failing=f"the spool {self.path}"
+                    _holds_any, self._live(), self._ledger, failing=f"the spool {self.path}"
                 )
         if not self._spooled:
             try:
@@ -268,7 +373,8 @@ class SpoolStore:
 
         def write() -> int:
             cursor = conn.execute(
-                "INSERT INTO spool (batch, spooled_at) VALUES (?, ?)", (blob, timestamp(now))
+                "INSERT INTO spool (ledger, batch, spooled_at) VALUES (?, ?, ?)",
+                (self._ledger, blob, timestamp(now)),
             )
             assert cursor.lastrowid is not None
             return cursor.lastrowid
@@ -286,40 +392,55 @@ class SpoolStore:
         """Forward what the spool holds, oldest first; returns how many batches went.
 
         A batch Redis refuses is quarantined and the drain goes on; one that
-        cannot reach Redis stays first in line and the error is raised.
+        cannot reach Redis stays first in line and the error is raised. While
+        another process forwards this spool, ``StoreUnavailable`` says so: two
+        forwarders could each send a batch the other has quarantined meanwhile.
         """
-        sent = 0
-        conn = self._live()
+        conn, lock = self._live(), self._drain_fd
+        assert lock is not None  # open with the connection
         async with self._draining:
-            while True:
-                async with self._lock:
-                    row = await self._sql(_oldest, conn)
-                    if row is None:
-                        self._spooled = False
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StoreUnavailable(
+                    f"another process is forwarding the spool {self.path}"
+                ) from None
+            try:
+                return await self._drain(conn)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    async def _drain(self, conn: sqlite3.Connection) -> int:
+        sent = 0
+        while True:
+            async with self._lock:
+                row = await self._sql(_oldest, conn, self._ledger)
                 if row is None:
-                    return sent
-                seq, blob, spooled_at = row
-                self.inner.failpoints.hit("spool_drain")
-                batch = _decode(blob)
-                try:
-                    records = await self.inner.append(batch)
-                except (InvalidEvent, ConcurrencyError, IdempotencyConflict) as refused:
-                    async with self._lock:
-                        await self._sql(self._quarantine, conn, seq, blob, spooled_at, refused)
-                    self._log.error(
-                        "spool_quarantined",
-                        address=self.url,
-                        seq=seq,
-                        event_ids=[p.event_id for p in batch],
-                        error=type(refused).__name__,
-                        reason=str(refused),
-                    )
-                    continue
+                    self._spooled = False
+            if row is None:
+                return sent
+            seq, blob, spooled_at = row
+            self.inner.failpoints.hit("spool_drain")
+            batch = _decode(blob)
+            try:
+                records = await self.inner.append(batch)
+            except (InvalidEvent, ConcurrencyError, IdempotencyConflict) as refused:
                 async with self._lock:
-                    await self._sql(conn.execute, "DELETE FROM spool WHERE seq = ?", (seq,))
-                sent += 1
-                if self._drained is not None:
-                    await self._drained(records)
+                    await self._sql(self._quarantine, conn, seq, blob, spooled_at, refused)
+                self._log.error(
+                    "spool_quarantined",
+                    address=self.url,
+                    seq=seq,
+                    event_ids=[p.event_id for p in batch],
+                    error=type(refused).__name__,
+                    reason=str(refused),
+                )
+                continue
+            async with self._lock:
+                await self._sql(conn.execute, "DELETE FROM spool WHERE seq = ?", (seq,))
+            sent += 1
+            if self._drained is not None:
+                await self._drained(records)
 
     async def _sql(self, work: Callable[..., T], *args: Any, failing: str = "") -> T:
         """Run ``work(*args)`` on the spool's connection off the event loop (a locked
@@ -341,8 +462,8 @@ class SpoolStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute(
-                "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?)",
-                (seq, blob, spooled_at, reason, timestamp(self.inner.clock())),
+                "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?)",
+                (seq, self._ledger, blob, spooled_at, reason, timestamp(self.inner.clock())),
             )
             conn.execute("DELETE FROM spool WHERE seq = ?", (seq,))
             conn.execute("COMMIT")

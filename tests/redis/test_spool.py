@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,7 +15,17 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from ledger import Append, Ledger, OutcomeUnknown, Pending, Record, StoreUnavailable, open_ledger
+from ledger import (
+    Append,
+    IncompatibleStore,
+    Ledger,
+    OutcomeUnknown,
+    Pending,
+    Record,
+    StoreUnavailable,
+    open_ledger,
+)
+from ledger.failpoints import ENV as FAILPOINTS
 from ledger.store.spool import SpoolStore
 from projections import OpenPositions
 from tests.lifecycles import closed, fee_charged, increased, opened, signal, stop_moved
@@ -21,6 +34,7 @@ from tests.redis.support import all_records, chain_problems, eventually, pause, 
 from tests.servers import RedisServer
 
 pytestmark = pytest.mark.timeout(120)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(coro: Any) -> Any:
@@ -185,15 +199,8 @@ def test_a_spool_drained_by_another_process_lets_appends_go_straight_to_redis_ag
 ) -> None:
     """Two ledgers on one spool path (a bot and a CLI with the same URL): when the other drains what this one spooled, this one's next append is a record again, not a Pending for good."""
     server = make_server()
-    client = server.client()
-    client.acl_setuser(
-        "bot", enabled=True, passwords=["+bot-pw"], keys=["*"], channels=["*"],
-        commands=["+@all"],
-    )  # fmt: skip
-    client.close()
-    spool = f"&spool={tmp_path / 'spool.db'}"
-    other_url = server.url(tmp_path, name="shared") + spool
-    bot_url = other_url.replace("redis://", "redis://bot:bot-pw@")
+    other_url = server.url(tmp_path, name="shared", spool=str(tmp_path / "spool.db"))
+    bot_url = _as_user(server, other_url, "bot")
 
     async def body() -> tuple[Any, list[Record], dict[str, Any]]:
         async with open_ledger(bot_url) as bot:
@@ -214,6 +221,257 @@ def test_a_spool_drained_by_another_process_lets_appends_go_straight_to_redis_ag
         ("TradeClosed", 3),
     ]
     assert (facts["spool_pending"], facts["spool_quarantined"]) == (0, 0)
+
+
+def _as_user(server: RedisServer, url: str, user: str) -> str:
+    """``url`` logged in as a new Redis user, whom ``_lock_out`` can shut out alone."""
+    client = server.client()
+    client.acl_setuser(
+        user, enabled=True, passwords=[f"+{user}-pw"], keys=["*"], channels=["*"],
+        commands=["+@all"],
+    )  # fmt: skip
+    client.close()
+    return url.replace("redis://", f"redis://{user}:{user}-pw@")
+
+
+STALLING_DRAINER = """
+import asyncio, logging, sys
+import structlog
+structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+from ledger import open_ledger
+
+async def main() -> None:
+    async with open_ledger(sys.argv[1]):
+        print("open", flush=True)
+        await asyncio.sleep(float(sys.argv[2]))
+
+asyncio.run(main())
+"""
+
+
+def _stalling_drainer(tmp_path: Path, url: str, stall: float, live: float) -> Any:
+    """A second process on ``url`` whose forwarder stops for ``stall`` s right after it
+    reads the first spooled batch (a CLI suspended with ^Z); it exits after ``live`` s."""
+    script = tmp_path / "drainer.py"
+    script.write_text(STALLING_DRAINER)
+    process = subprocess.Popen(
+        [sys.executable, str(script), url, str(live)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), FAILPOINTS: f"spool_drain=sleep:{stall}@1"},
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "open"
+    return process
+
+
+def test_a_batch_spooled_while_another_process_forwards_the_spool_is_never_lost(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    """A second process stalls mid-forward: this one waits its turn instead of forwarding too, and its next batch, spooled meanwhile, lands after the first, once each."""
+    server = make_server()
+    other_url = server.url(tmp_path, name="shared", spool=str(tmp_path / "spool.db"))
+    bot_url = _as_user(server, other_url, "bot")
+
+    async def body() -> tuple[list[Record], tuple[int, int]]:
+        async with open_ledger(bot_url) as bot:
+            await bot.record(opened("t1"))
+            _lock_out(server, "bot", enabled=False)
+            assert isinstance(await bot.record(stop_moved("t1"), event_id="X"), Pending)
+            other = _stalling_drainer(tmp_path, other_url, stall=3, live=5)
+            await asyncio.sleep(1)  # it has read X and stopped, forwarding
+            _lock_out(server, "bot", enabled=True)
+            await asyncio.sleep(1)  # the bot's forwarder finds the spool taken
+            _lock_out(server, "bot", enabled=False)
+            assert isinstance(await bot.record(signal("s1"), event_id="Y"), Pending)
+            await asyncio.to_thread(other.communicate)
+            _lock_out(server, "bot", enabled=True)
+            await drained(bot)
+            return await all_records(bot), spool_of(bot).counts()
+
+    records, counts = run(body())
+    assert [r.event_id for r in records[1:]] == ["X", "Y"]
+    assert chain_problems(records) == []
+    assert counts == (0, 0)
+
+
+def test_a_batch_one_forwarder_holds_is_not_quarantined_by_another_meanwhile(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    """A batch a stalled process is forwarding is neither quarantined by this one meanwhile nor overtaken by the batch behind it: it lands once, in its place."""
+    server = make_server()
+    other_url = server.url(tmp_path, name="shared", spool=str(tmp_path / "spool.db"))
+    bot_url = _as_user(server, other_url, "bot")
+    plain = other_url.split("&spool=")[0]
+
+    async def body() -> tuple[list[Record], list[Any]]:
+        async with open_ledger(bot_url) as bot:
+            await bot.record(opened("t1"))
+            _lock_out(server, "bot", enabled=False)
+            # t9 is not open yet: forwarded now, E1 would be refused and quarantined
+            assert isinstance(
+                await bot.record(increased("t9", fill_id="f1"), event_id="E1"), Pending
+            )
+            assert isinstance(await bot.record(signal("s1"), event_id="E2"), Pending)
+            other = _stalling_drainer(tmp_path, other_url, stall=3, live=5)
+            await asyncio.sleep(1)  # it has read E1 and stopped, forwarding
+            _lock_out(server, "bot", enabled=True)
+            await asyncio.sleep(1)  # the bot's forwarder finds the spool taken
+            async with open_ledger(plain) as host:  # another host opens t9 meanwhile
+                await host.record(opened("t9"))
+            await asyncio.to_thread(other.communicate)
+            await drained(bot)
+            return await all_records(bot), spool_of(bot).quarantined()
+
+    records, quarantined = run(body())
+    assert [r.event_id for r in records[2:]] == ["E1", "E2"]
+    assert [r.stream_id for r in records[1:3]] == ["trade-t9", "trade-t9"]
+    assert quarantined == []
+
+
+def test_a_seq_is_never_handed_out_twice_so_a_second_refused_batch_is_quarantined_too(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    """Two refused batches spooled one after the other's drain both reach the quarantine, and the batch behind them lands."""
+    server = make_server()
+    plain = server.url(tmp_path, name="q")
+    bot_url = _as_user(server, plain, "bot") + f"&spool={tmp_path / 'spool.db'}"
+
+    async def body() -> tuple[list[Record], list[Any], list[int]]:
+        async with open_ledger(bot_url) as bot:
+            await bot.record(opened("t1"))
+            seqs = []
+            for bad in ("bad-1", "bad-2"):
+                _lock_out(server, "bot", enabled=False)
+                spooled = await bot.record(stop_moved("t1"), expected_version=7, event_id=bad)
+                assert isinstance(spooled, Pending)
+                seqs.append(spooled.spool_seq)
+                _lock_out(server, "bot", enabled=True)
+                await drained(bot)
+            _lock_out(server, "bot", enabled=False)
+            assert isinstance(await bot.record(signal("s1"), event_id="good"), Pending)
+            _lock_out(server, "bot", enabled=True)
+            await drained(bot)
+            return await all_records(bot), spool_of(bot).quarantined(), seqs
+
+    records, quarantined, seqs = run(body())
+    assert seqs[0] < seqs[1]
+    assert [q.batch[0].event_id for q in quarantined] == ["bad-1", "bad-2"]
+    assert [r.event_id for r in records[1:]] == ["good"]
+
+
+def test_a_spool_shared_by_two_ledgers_forwards_each_ones_batches_to_its_own_log(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    """Two ledgers given one spool path: each forwards only what it spooled, into its own log; neither waits behind the other's."""
+    server = make_server()
+    spool = str(tmp_path / "spool.db")
+    first_url = _as_user(server, server.url(tmp_path, name="acct1", spool=spool), "bot")
+    second_url = server.url(tmp_path, name="acct2", spool=spool)
+
+    async def body() -> tuple[list[Record], list[Record], Any]:
+        async with open_ledger(first_url) as first:
+            _lock_out(server, "bot", enabled=False)
+            assert isinstance(await first.record(signal("s1"), event_id="first-1"), Pending)
+            async with open_ledger(second_url) as second:
+                mine = await second.record(signal("s2"), event_id="second-1")
+                await asyncio.sleep(1)  # its forwarder has run
+                assert spool_of(second).counts() == (0, 0)
+                assert spool_of(first).counts() == (1, 0)
+                theirs = await all_records(second)
+            _lock_out(server, "bot", enabled=True)
+            await drained(first)
+            return await all_records(first), theirs, mine
+
+    first_log, second_log, mine = run(body())
+    assert isinstance(mine, Record)
+    assert [r.event_id for r in first_log] == ["first-1"]
+    assert [r.event_id for r in second_log] == ["second-1"]
+
+
+def _as_schema_0(path: Path, quarantined_seq: int) -> None:
+    """Rewrite a spool file as the first spool schema wrote it (no AUTOINCREMENT, no ledger),
+    with a quarantined batch that shares its seq with the batch still waiting."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("CREATE TABLE old AS SELECT seq, batch, spooled_at FROM spool")
+    conn.execute("DROP TABLE spool")
+    conn.execute("DROP TABLE quarantine")
+    conn.execute("DELETE FROM sqlite_sequence")
+    conn.execute(
+        "CREATE TABLE spool (seq INTEGER PRIMARY KEY, batch BLOB NOT NULL, spooled_at TEXT NOT NULL)"
+    )
+    conn.execute(
+        "CREATE TABLE quarantine (seq INTEGER PRIMARY KEY, batch BLOB NOT NULL, "
+        "spooled_at TEXT NOT NULL, reason TEXT NOT NULL, quarantined_at TEXT NOT NULL)"
+    )
+    conn.execute("INSERT INTO spool SELECT * FROM old")
+    conn.execute(
+        "INSERT INTO quarantine SELECT ?, batch, spooled_at, 'ConcurrencyError: old', spooled_at "
+        "FROM old",
+        (quarantined_seq,),
+    )
+    conn.execute("DROP TABLE old")
+    conn.execute("PRAGMA user_version = 0")
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def test_a_spool_of_the_first_schema_is_upgraded_and_drains_past_a_seq_its_quarantine_shares(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    """A spool file of schema 0 whose waiting batch shares its seq with a quarantined one opens, keeps both, and drains the waiting batch."""
+    server = make_server()
+    spool = tmp_path / "spool.db"
+    url = server.url(tmp_path, spool=str(spool))
+
+    async def spool_one() -> int:
+        async with open_ledger(url) as book:
+            await book.record(opened("t1"))
+            server.stop()
+            pending = await book.record(stop_moved("t1"), event_id="m1")
+            assert isinstance(pending, Pending)
+            return pending.spool_seq
+
+    async def reopen() -> tuple[list[Record], list[Any], tuple[int, int]]:
+        async with open_ledger(url) as book:
+            await drained(book)
+            spool = spool_of(book)
+            return await all_records(book), spool.quarantined(), spool.counts()
+
+    seq = run(spool_one())
+    _as_schema_0(spool, quarantined_seq=seq)
+    server.start()
+    records, quarantined, counts = run(reopen())
+    assert [r.event_id for r in records[1:]] == ["m1"]
+    assert [(q.seq, q.reason) for q in quarantined] == [(seq, "ConcurrencyError: old")]
+    assert counts == (0, 1)
+    conn = sqlite3.connect(spool)
+    assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+    conn.close()
+
+
+def test_a_spool_of_a_newer_schema_is_refused_and_left_alone(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    """A spool file written by a newer tradeledger is refused with IncompatibleStore, unchanged."""
+    server = make_server()
+    spool = tmp_path / "spool.db"
+    url = server.url(tmp_path, spool=str(spool))
+    run(_open_close(url))
+    conn = sqlite3.connect(spool)
+    conn.execute("PRAGMA user_version = 9")
+    conn.close()
+    before = spool.read_bytes()
+    with pytest.raises(IncompatibleStore, match="schema 9"):
+        run(_open_close(url))
+    assert spool.read_bytes() == before
+
+
+async def _open_close(url: str) -> None:
+    async with open_ledger(url):
+        pass
 
 
 def test_a_spool_left_with_pending_events_drains_when_the_ledger_opens_again(
