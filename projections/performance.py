@@ -439,6 +439,8 @@ class Performance(TableProjection):
     def _figures(
         self, s: _Stats, group_by: str | None, series: list[tuple[str, Decimal]]
     ) -> Figures:
+        # worked in CONTEXT; every quotient published to RATIO's 34 digits
+        ratio, per = _rounded, RATIO.divide
         with decimal.localcontext(CONTEXT):
             values = _zero_filled(series)
             sharpe, sortino = _ratios(values, self.annualization_days)
@@ -456,28 +458,28 @@ class Performance(TableProjection):
                 wins=s.wins,
                 losses=s.losses,
                 breakevens=s.breakevens,
-                win_rate=Decimal(s.wins) / s.trades if s.trades else None,
+                win_rate=per(s.wins, s.trades) if s.trades else None,
                 net=s.net,
                 gross_profit=s.gross_profit,
                 gross_loss=s.gross_loss,
-                profit_factor=s.gross_profit / abs(s.gross_loss) if s.gross_loss else None,
-                expectancy=s.net / s.trades if s.trades else None,
-                average_win=s.gross_profit / s.wins if s.wins else None,
-                average_loss=s.gross_loss / s.losses if s.losses else None,
+                profit_factor=per(s.gross_profit, abs(s.gross_loss)) if s.gross_loss else None,
+                expectancy=per(s.net, s.trades) if s.trades else None,
+                average_win=per(s.gross_profit, s.wins) if s.wins else None,
+                average_loss=per(s.gross_loss, s.losses) if s.losses else None,
                 largest_win=s.largest_win,
                 largest_loss=s.largest_loss,
-                average_r=mean_r,
-                sqn=sqn,
+                average_r=per(s.r_sum, s.r_count) if s.r_count else None,
+                sqn=ratio(sqn),
                 starting_equity=self.starting_equity,
                 ending_equity=self.starting_equity + s.net,
                 max_drawdown=s.max_drawdown,
                 max_drawdown_pct=s.max_drawdown_pct,
-                sharpe=sharpe,
-                sortino=sortino,
+                sharpe=ratio(sharpe),
+                sortino=ratio(sortino),
                 annualization_days=self.annualization_days,
                 days=len(values),
                 longest_losing_streak=s.longest_losing_streak,
-                average_holding_seconds=s.holding_seconds / s.trades if s.trades else None,
+                average_holding_seconds=per(s.holding_seconds, s.trades) if s.trades else None,
             )
 
 
@@ -532,6 +534,11 @@ def _calendar(found: Iterable[str]) -> list[dt.date]:
 def _zero_filled(series: list[tuple[str, Decimal]]) -> list[Decimal]:
     nets = dict(series)
     return [nets.get(day.isoformat(), _ZERO) for day in _calendar(nets)]
+
+
+def _rounded(value: Decimal | None) -> Decimal | None:
+    """``value`` to RATIO's 34 significant digits."""
+    return None if value is None else RATIO.plus(value)
 
 
 def _ratios(

@@ -17,6 +17,7 @@ import pytest
 
 from ledger import Event, Ledger, open_ledger
 from ledger.events import TradeEvent
+from ledger.trade import RATIO
 from projections import (
     ClosedTrade,
     Figures,
@@ -659,6 +660,28 @@ def test_performance_figures_of_eight_trades_match_the_hand_computation(
     sharpe, sortino = sharpe_sortino([D(10), D(-15), D(0), D(0), D(-10), D(35)])
     assert close_to(f.sharpe, sharpe)
     assert close_to(f.sortino, sortino)
+
+
+def test_every_ratio_is_published_to_34_significant_digits(sqlite_url: str) -> None:
+    """Quotients that do not terminate (2/3 wins, 4/3 expectancy) come out rounded to RATIO's 34 digits, as are SQN, Sharpe and Sortino."""
+    events = [
+        *simple_trade("a", "5", closed_at=day(0), stop=95),
+        *simple_trade("b", "-3", closed_at=day(1), stop=95),
+        *simple_trade("c", "2", closed_at=day(3), stop=95),
+    ]
+    (f,) = figures(sqlite_url, events)
+    assert f.win_rate == RATIO.divide(2, 3) == Decimal("0.6666666666666666666666666666666667")
+    assert f.expectancy == RATIO.divide(4, 3)
+    assert f.profit_factor == RATIO.divide(7, 3)
+    ratios = {
+        name: getattr(f, name)
+        for name in (
+            "win_rate", "profit_factor", "expectancy", "average_win", "average_loss",
+            "average_r", "sqn", "sharpe", "sortino", "average_holding_seconds",
+        )
+    }  # fmt: skip
+    assert None not in ratios.values()
+    assert {n: v for n, v in ratios.items() if len(v.as_tuple().digits) > 34} == {}
 
 
 def test_drawdown_with_starting_equity_is_also_a_fraction_of_the_peak(sqlite_url: str) -> None:
