@@ -1142,6 +1142,8 @@ def verify(
             for line in Path(anchor_file).read_text().splitlines():
                 if line.strip():
                     anchors.append((Anchor.parse(line), key))
+            if not anchors:  # an auditor who asked for an anchor check gets one, or a failure
+                raise Refused(f"{anchor_file} holds no anchor")
         if export_file:
             info = ExportFile()
             with open(export_file, encoding="utf-8") as f:

@@ -836,15 +836,17 @@ def test_a_missing_ledger_is_one_error_line_exit_1(tmp_path: Path, args: tuple[s
 
 
 def test_a_bad_anchor_file_is_refused_with_exit_1(recorded: Recorded, tmp_path: Path) -> None:
-    """`verify --anchor` with a file that holds no anchor exits 1 with one line."""
+    """`verify --anchor` with a file that holds no anchor (garbage, empty, blank lines) exits 1 with one line, never ok."""
     key = tmp_path / "k"
     new_key(key)
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text("{not an anchor}\n")
-    result = recorded.run("verify", "--anchor", str(bad), "--public-key", f"{key}.pub")
-    no_traceback(result)
-    assert result.returncode == 1
-    assert len(result.stderr.strip().splitlines()) == 1
+    for name, text in (("bad.jsonl", "{not an anchor}\n"), ("empty.jsonl", ""), ("blank", "\n\n")):
+        bad = tmp_path / name
+        bad.write_text(text)
+        result = recorded.run("verify", "--anchor", str(bad), "--public-key", f"{key}.pub")
+        no_traceback(result)
+        assert result.returncode == 1, name
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert "ok:" not in result.stdout
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])
