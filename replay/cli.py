@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from decimal import Decimal
+from functools import reduce
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -31,9 +32,11 @@ from rich.text import Text
 import projections as views
 from ledger import LedgerError, open_ledger
 from ledger.book import Append, Ledger
-from ledger.events import canonical_decimal
+from ledger.errors import ConcurrencyError
+from ledger.events import canonical_decimal, natural_event_id, stream_of, validate
 from ledger.record import Pending, Record
 from ledger.store import safe_url
+from ledger.trade import StreamState, fold
 from projections.positions import Position
 from replay.anchor import Anchor, load_private_key, load_public_key, new_key, sign
 from replay.rebuild import rebuild as rebuild_views
@@ -388,6 +391,9 @@ async def _record(url: str, source: IO[bytes], atomic: bool) -> None:
         if refused:
             raise Refused(f"{refused} bad line(s); --atomic: nothing was recorded")
         async with open_ledger(url) as book:
+            refused = await _check_lines(book, parsed)
+            if refused:
+                raise Refused(f"{refused} bad line(s); --atomic: nothing was recorded")
             if parsed:
                 try:
                     records = await book.record_batch([item for _, item in parsed])
@@ -397,9 +403,37 @@ async def _record(url: str, source: IO[bytes], atomic: bool) -> None:
                     _ack(number, found)
         return
     async with open_ledger(url) as book:
-        refused = await _record_each(book, _parsed(source))
+        recorded, refused = await _record_each(book, _parsed(source))
     if refused:
-        raise Refused(f"{refused} line(s) refused; the others are recorded")
+        others = "the others are recorded" if recorded else "nothing was recorded"
+        raise Refused(f"{refused} line(s) refused; {others}")
+
+
+async def _check_lines(book: Ledger, parsed: list[tuple[int, Append]]) -> int:
+    """Report every line of an --atomic batch the ledger would refuse, by number, and count
+    them: each event is validated and folded, with the trade rules, onto its stream as the
+    log and the lines before it leave it. (The batch is checked again when it is recorded,
+    under the write lock: this only says which lines are wrong.)"""
+    streams: dict[str, tuple[int, StreamState]] = {}
+    refused = 0
+    for number, item in parsed:
+        try:
+            event = validate(item.event, now=book.clock())
+            event_id = item.event_id or natural_event_id(event)
+            if event_id is not None and await book.store.find(event_id) is not None:
+                continue  # a retry: recording it returns the first record
+            stream = stream_of(event)
+            if stream not in streams:
+                records = await book.store.read_stream(stream)
+                streams[stream] = (len(records), reduce(fold, (r.event for r in records), None))
+            version, state = streams[stream]
+            if item.expected_version is not None and item.expected_version != version:
+                raise ConcurrencyError(stream, item.expected_version, version)
+            streams[stream] = (version + 1, fold(state, event))
+        except LedgerError as e:
+            _bad(number, e)
+            refused += 1
+    return refused
 
 
 async def _lines(source: IO[bytes]) -> AsyncIterator[tuple[int, bytes]]:
@@ -432,19 +466,23 @@ async def _parsed(source: IO[bytes]) -> AsyncIterator[tuple[int, Append | Ledger
             yield number, item
 
 
-async def _record_each(book: Ledger, items: AsyncIterator[tuple[int, Append | LedgerError]]) -> int:
+async def _record_each(
+    book: Ledger, items: AsyncIterator[tuple[int, Append | LedgerError]]
+) -> tuple[int, int]:
     """Record lines in order, many in flight (they share commits); each is acknowledged
-    once it and every line before it are done, while the next lines are still read."""
-    refused = 0
+    once it and every line before it are done, while the next lines are still read.
+    Returns how many lines were recorded and how many refused."""
+    recorded = refused = 0
     window: collections.deque[tuple[int, asyncio.Task[Record | Pending]]] = collections.deque()
     failed: list[BaseException] = []
 
     def settle(_: object = None) -> None:
-        nonlocal refused
+        nonlocal recorded, refused
         while window and window[0][1].done() and not failed:
             number, task = window.popleft()
             try:
                 _ack(number, task.result())
+                recorded += 1
             except LedgerError as e:
                 _bad(number, e)
                 refused += 1
@@ -477,7 +515,7 @@ async def _record_each(book: Ledger, items: AsyncIterator[tuple[int, Append | Le
         settle()
     if failed:
         raise failed[0]
-    return refused
+    return recorded, refused
 
 
 @main.command()

@@ -793,7 +793,7 @@ def test_every_bad_line_at_tradeledger_record_gets_its_own_typed_error_and_nothi
     assert not wrong, "\n".join(wrong)
     assert (
         result.stderr.splitlines()[-1]
-        == f"error: {len(cases)} line(s) refused; the others are recorded"
+        == f"error: {len(cases)} line(s) refused; nothing was recorded"
     )
     assert raw_log(url) == rows
 

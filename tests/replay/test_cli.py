@@ -190,6 +190,7 @@ def test_record_reports_bad_lines_by_number_and_writes_none_of_them(tmp_path: Pa
     assert all(b["reason"] for b in bad)
     assert "ghost" in bad[2]["reason"]
     assert bad[3].get("field") == "quantity"
+    assert result.stderr.splitlines()[-1] == "error: 4 line(s) refused; the others are recorded"
     stored = [json.loads(line) for line in cli(url, "events", "--json").stdout.splitlines()]
     assert [r["type"] for r in stored] == ["TradeOpened", "StopMoved"]
 
@@ -240,18 +241,24 @@ def test_atomic_record_with_one_unparsable_line_writes_nothing(tmp_path: Path) -
     assert head(url) == before
 
 
-def test_atomic_record_refused_by_the_rules_writes_nothing(tmp_path: Path) -> None:
-    """`record --atomic`: a line the trade rules refuse fails the whole batch, exit 1."""
+def test_atomic_record_refused_by_the_rules_writes_nothing_and_names_each_bad_line(
+    tmp_path: Path,
+) -> None:
+    """`record --atomic`: lines the trade rules or the field rules refuse are each reported by number; nothing is written, exit 1."""
     url = f"sqlite:///{tmp_path / 'l.db'}"
     build(url, HISTORY[:4], standard=False)
     before = head(url)
     overdrawn = {**HISTORY[5], "quantity": "5", "fill_id": "f9"}  # more than the 2 open
-    text = jsonl([HISTORY[4], overdrawn, HISTORY[6]])
+    assert "price" in HISTORY[6]
+    negative = {**HISTORY[6], "price": "-1"}
+    text = jsonl([HISTORY[4], overdrawn, negative])
     result = cli(url, "record", "--atomic", "-", input=text, cwd=tmp_path)
     no_traceback(result)
     assert result.returncode == 1
     assert result.stdout == ""
-    assert result.stderr.strip()
+    reports = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert [(r["line"], r["error"]) for r in reports] == [(2, "InvalidEvent"), (3, "InvalidEvent")]
+    assert "2 bad line(s)" in result.stderr
     assert head(url) == before
 
 
@@ -262,6 +269,12 @@ def test_atomic_record_of_good_lines_writes_them_all(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert [a["position"] for a in acks(result)] == list(range(1, len(HISTORY) + 1))
     assert head(url)[0] == len(HISTORY)
+    exported = cli(url, "export", cwd=tmp_path).stdout  # every line with its event id
+    again = cli(url, "record", "--atomic", "-", input=exported, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr  # retries, each returning its first record
+    assert [(a["position"], a["hash"]) for a in acks(again)] == [
+        (a["position"], a["hash"]) for a in acks(result)
+    ]
 
 
 # query commands
