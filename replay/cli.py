@@ -1183,36 +1183,10 @@ def verify(
             if not anchors:  # an auditor who asked for an anchor check gets one, or a failure
                 raise Refused(f"{anchor_file} holds no anchor")
         if export_file:
-            info = ExportFile()
-            with open(export_file, encoding="utf-8") as f:
-                first = f.readline()
-                is_csv = first.startswith("position,")
-                try:
-                    header = {} if is_csv else json.loads(first)
-                except json.JSONDecodeError:
-                    header = {}
-                f.seek(0)
-                filters = header.get("filters", {}) if isinstance(header, dict) else {}
-                filtered = any(
-                    filters.get(k) is not None
-                    for k in ("since", "until", "stream_id", "type", "correlation_id")
-                )
-
-                async def each() -> AsyncIterator[Record]:
-                    for found in read_export(f, info):
-                        yield found
-
-                report = await verify_records(each(), anchors=anchors, links=not filtered)
-            if not is_csv:
-                _check_trailer(report, info)
-            elif not anchors:
-                notes.append("a CSV export has no trailer: a cut tail shows only against an anchor")
-            if filtered:
-                notes.append(
-                    "a filtered export: each record's own hash checked, not the links between them"
-                )
-            elif not report.complete:
-                notes.append("a partial export: links before its first record not checked")
+            try:
+                report = await _verify_export(export_file, anchors, notes)
+            except UnicodeDecodeError:
+                raise Refused(f"{export_file} is not an export: it is not UTF-8 text") from None
         else:
             with _progress("verifying") as tick:
                 report = await verify_ledger(url, anchors=anchors, progress=tick)
@@ -1225,6 +1199,43 @@ def verify(
             sys.exit(1)
 
     _run(go())
+
+
+async def _verify_export(
+    export_file: str, anchors: list[tuple[Anchor, Any]], notes: list[str]
+) -> Report:
+    """Verify an export file offline; what an ok report could not check goes to ``notes``."""
+    info = ExportFile()
+    with open(export_file, encoding="utf-8") as f:
+        first = f.readline()
+        is_csv = first.startswith("position,")
+        try:
+            header = {} if is_csv else json.loads(first)
+        except json.JSONDecodeError:
+            header = {}
+        f.seek(0)
+        filters = header.get("filters", {}) if isinstance(header, dict) else {}
+        filtered = any(
+            filters.get(k) is not None
+            for k in ("since", "until", "stream_id", "type", "correlation_id")
+        )
+
+        async def each() -> AsyncIterator[Record]:
+            for found in read_export(f, info):
+                yield found
+
+        report = await verify_records(each(), anchors=anchors, links=not filtered)
+    if not is_csv:
+        _check_trailer(report, info)
+    elif not anchors:
+        notes.append("a CSV export has no trailer: a cut tail shows only against an anchor")
+    if filtered:
+        notes.append(
+            "a filtered export: each record's own hash checked, not the links between them"
+        )
+    elif not report.complete:
+        notes.append("a partial export: links before its first record not checked")
+    return report
 
 
 def _check_trailer(report: Report, info: ExportFile) -> None:
@@ -1254,12 +1265,15 @@ def _print_report(report: Report, where: str) -> None:
             f"{report.checkpoints} checkpoint(s), {report.anchors} anchor(s) verified{scope}"
         )
         return
+
+    def at(problem: Problem) -> str:  # an anchor's or a trailer's problem has no position
+        return "" if problem.position is None else f"position {problem.position}: "
+
     first = report.first_bad
     assert first is not None
-    at = f"position {first.position}" if first.position is not None else "the anchor"
-    click.echo(f"FAILED: {where}: first bad: {at}: {_safe(first.reason)}")
+    click.echo(f"FAILED: {where}: first bad: {at(first)}{_safe(first.reason)}")
     for problem in report.problems[1:10]:
-        click.echo(f"  also: position {problem.position}: {_safe(problem.reason)}")
+        click.echo(f"  also: {at(problem)}{_safe(problem.reason)}")
 
 
 @contextlib.contextmanager

@@ -156,7 +156,12 @@ async def export(
     return trailer
 
 
-def _record_from_row(row: dict[str, Any]) -> Record:
+def _record_from_row(row: dict[str, Any], number: int | None = None) -> Record:
+    """The record in an export's row; ``number`` is its line, for the error."""
+    where = "" if number is None else f"line {number}: "
+    missing = [name for name in COLUMNS if row.get(name) is None]
+    if missing:
+        raise InvalidEvent(f"{where}not a record line: no {', '.join(missing)}", rule="record_line")
     try:
         return Record(
             int(row["position"]),
@@ -172,8 +177,8 @@ def _record_from_row(row: dict[str, Any]) -> Record:
             str(row["prev_hash"]),
             str(row["hash"]),
         )
-    except (KeyError, TypeError, ValueError) as e:
-        raise InvalidEvent(f"not a record line: {e}", rule="record_line") from e
+    except (TypeError, ValueError) as e:
+        raise InvalidEvent(f"{where}not a record line: {e}", rule="record_line") from e
 
 
 class ExportFile(msgspec.Struct, kw_only=True):
@@ -189,7 +194,7 @@ def read_export(source: IO[str], info: ExportFile) -> Iterator[Record]:
     if first.startswith("position,"):
         reader = csv.DictReader(_chain(first, source))
         for row in reader:
-            yield _record_from_row(row)
+            yield _record_from_row(row, reader.line_num)
         return
     for number, line in enumerate(_chain(first, source), start=1):
         if not line.strip():
@@ -198,12 +203,19 @@ def read_export(source: IO[str], info: ExportFile) -> Iterator[Record]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise InvalidEvent(f"line {number}: not JSON: {e}", rule="json") from e
+        if not isinstance(row, dict):
+            raise InvalidEvent(
+                f"line {number}: not a record line: not an object", rule="record_line"
+            )
         if "tradeledger_export" in row:
             info.header = row
         elif "trailer" in row:
-            info.trailer = msgspec.convert(row["trailer"], type=Trailer)
+            try:
+                info.trailer = msgspec.convert(row["trailer"], type=Trailer)
+            except msgspec.ValidationError as e:
+                raise InvalidEvent(f"line {number}: not a trailer: {e}", rule="record_line") from e
         else:
-            yield _record_from_row(row)
+            yield _record_from_row(row, number)
 
 
 def _chain(first: str, rest: IO[str]) -> Iterator[str]:

@@ -139,6 +139,52 @@ def test_an_export_without_its_trailer_fails(trip: Trip) -> None:
     assert "trailer" in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "says"),
+    [
+        ("binary", b"SQLite format 3\x00\xff\xfe\x00", "not UTF-8 text"),
+        (
+            "events.jsonl",
+            b'{"type": "StopMoved", "trade_id": "t1"}\n',
+            "line 1: not a record line: no position",
+        ),
+        ("array.jsonl", b"[1, 2]\n", "line 1: not a record line: not an object"),
+    ],
+    ids=["binary", "event-lines", "not-objects"],
+)
+def test_a_file_that_is_not_an_export_fails_verify_with_one_line(
+    trip: Trip, name: str, content: bytes, says: str
+) -> None:
+    """`verify --file` on a binary file or on lines that are not records exits 1 with one line saying why."""
+    path = trip.directory / name
+    path.write_bytes(content)
+    result = verify_file(trip, path)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert says in result.stderr
+
+
+def test_a_csv_cut_mid_line_fails_verify_naming_the_line(trip: Trip) -> None:
+    """A CSV export cut in the middle of a row fails verify, naming that line and the missing columns."""
+    full = trip.directory / "whole.csv"
+    run(trip.source, "export", "--format", "csv", "-o", str(full), cwd=trip.directory)
+    text = full.read_text()
+    cut = trip.directory / "midline.csv"
+    cut.write_text(text[: text.rindex("\n", 0, len(text) - 1) + 40])
+    result = verify_file(trip, cut)
+    assert result.returncode == 1
+    lines = text.count("\n")
+    assert f"line {lines}: not a record line: no " in result.stderr
+
+
+def test_a_missing_trailer_is_reported_without_a_position_or_an_anchor(trip: Trip) -> None:
+    """The report of an export without its trailer names the trailer, not a position or an anchor."""
+    result = verify_file(trip, edited(trip, "notrailer.jsonl", lambda ls: ls[:-1]))
+    assert result.returncode == 1
+    (failed,) = [line for line in result.stdout.splitlines() if line.startswith("FAILED")]
+    assert failed.endswith("first bad: the export has no trailer: it may have been cut short")
+
+
 def test_a_partial_export_verifies_from_its_first_record(trip: Trip) -> None:
     """An export from a later position verifies ok and says it is partial."""
     partial = trip.directory / "partial.jsonl"
