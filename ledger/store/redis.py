@@ -55,6 +55,7 @@ import hiredis
 import msgspec
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
+from redis.asyncio import connection as redis_connection
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -171,6 +172,10 @@ def spool_path(url: str) -> str | None:
     return found[0] if found else None
 
 
+# redis-py's own URL options that are not in its parser table (taken as client arguments)
+_CLIENT_OPTIONS = frozenset({"password", "username", "client_name"})
+
+
 def _options(url: str) -> tuple[_Options, str, str | None]:
     """The options, the URL for redis-py, and the password (to scrub from messages)."""
     parts = urllib.parse.urlsplit(url)
@@ -194,6 +199,18 @@ def _options(url: str) -> tuple[_Options, str, str | None]:
         raise ValueError("wait_replicas must be 0 or more")
     require_durable = flag("require_durable")
     allow_eviction = flag("allow_eviction")
+    unknown = sorted(
+        key
+        for key in query
+        if key not in _CLIENT_OPTIONS
+        and key not in redis_connection.URL_QUERY_ARGUMENT_PARSERS
+        and not key.startswith("ssl_")
+    )
+    if unknown:  # a misspelt option (spool, views) silently ignored would cost a bot dearly
+        raise ValueError(
+            f"unknown option(s) in the redis URL: {', '.join(unknown)}; tradeledger's are "
+            "ledger, views, spool, wait_replicas, require_durable, allow_eviction, cluster"
+        )
     password = urllib.parse.unquote(parts.password) if parts.password else None
     if "password" in query:
         password = query["password"][0]

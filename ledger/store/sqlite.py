@@ -161,9 +161,11 @@ def _is_ledger_file(path: str) -> bool:
 def _path_from_url(url: str) -> str:
     if not url.startswith("sqlite:///"):
         raise ValueError(f"not a sqlite URL (sqlite:///relative or sqlite:////absolute): {url!r}")
-    path = url[len("sqlite:///") :].split("?", 1)[0]
+    path, _, query = url[len("sqlite:///") :].partition("?")
     if not path:
         raise ValueError("the sqlite URL names no file")
+    if query:  # a misspelt option silently ignored would be worse than none
+        raise ValueError(f"the sqlite URL takes no options, not {query!r}")
     return path
 
 

@@ -848,6 +848,37 @@ def test_a_missing_ledger_is_one_error_line_exit_1(tmp_path: Path, args: tuple[s
     assert not missing.exists()
 
 
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("sqlite:///DIR/l.db?timeout=1", "the sqlite URL takes no options, not 'timeout=1'"),
+        (
+            "redis://127.0.0.1:1/0?ledger=x&spoll=DIR/spool.db",
+            "unknown option(s) in the redis URL: spoll;",
+        ),
+    ],
+    ids=["sqlite", "redis"],
+)
+def test_a_url_with_an_unknown_option_is_a_usage_error_that_creates_nothing(
+    tmp_path: Path, url: str, says: str
+) -> None:
+    """A misspelt URL option (a spool that would not be used, say) is refused up front, exit 2, not ignored."""
+    result = cli(url.replace("DIR", str(tmp_path)), "info", cwd=tmp_path)
+    no_traceback(result)
+    assert result.returncode == 2
+    assert says in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_redis_py_url_options_still_reach_the_client(tmp_path: Path) -> None:
+    """redis-py's own URL options (socket_timeout) pass the check: an unreachable server is exit 1, not a usage error."""
+    url = f"redis://127.0.0.1:1/0?ledger=x&views={tmp_path / 'v.db'}&socket_timeout=0.5"
+    result = cli(url, "info", cwd=tmp_path)
+    no_traceback(result)
+    assert result.returncode == 1
+    assert "StoreUnavailable" in result.stderr
+
+
 def test_a_bad_anchor_file_is_refused_with_exit_1(recorded: Recorded, tmp_path: Path) -> None:
     """`verify --anchor` with a file that holds no anchor (garbage, empty, blank lines) exits 1 with one line, never ok."""
     key = tmp_path / "k"
