@@ -718,6 +718,8 @@ def performance(
         if as_json:
             _json(figures)
             return
+        if not figures:
+            click.echo("no closed trades" + (f" in {currency}" if currency else ""))
         for f in figures:
             title = f"Performance {f.currency}" + (f" {group_by}={f.group}" if group_by else "")
             _table(title, ["figure", "value"], _figure_rows(f))
@@ -744,7 +746,7 @@ def _figure_rows(f: views.Figures) -> list[list[object]]:
             + (f" ({_percent(f.max_drawdown_pct)})" if f.max_drawdown_pct is not None else ""),
         ],
         [
-            f"Sharpe / Sortino ({f.annualization_days}d, {f.days} days)",
+            f"Sharpe / Sortino ({f.annualization_days}d, {f.days} day{'' if f.days == 1 else 's'})",
             f"{_ratio(f.sharpe)} / {_ratio(f.sortino)}",
         ],
         ["longest losing streak", f.longest_losing_streak],
@@ -831,8 +833,11 @@ def history(
         if as_json:
             _json(page)
             return
+        shown = (
+            f"{offset + 1}-{offset + len(page.trades)}" if page.trades else f"none past {offset}"
+        )
         _table(
-            f"Closed trades {offset + 1 if page.trades else 0}-{offset + len(page.trades)} of {page.total}",
+            f"Closed trades {shown} of {page.total}",
             [
                 "trade",
                 "symbol",

@@ -384,6 +384,16 @@ def test_history_filters_sorts_and_pages(
         assert page["total"] == 2
 
 
+def test_tables_say_when_there_is_nothing_to_show(recorded: Recorded) -> None:
+    """A history page past the end and performance before any close say so, instead of a wrong range or nothing."""
+    page = recorded.run("history", "--offset", "5000", "--limit", "3")
+    assert page.returncode == 0, page.stderr
+    assert "Closed trades none past 5000 of 2" in page.stdout
+    empty = recorded.run("performance", "--at-position", "0")
+    assert empty.returncode == 0, empty.stderr
+    assert empty.stdout.strip() == "no closed trades"
+
+
 def test_history_carries_every_figure_of_a_trade(recorded: Recorded) -> None:
     """`history --json` gives each closed trade's figures exactly, as strings."""
     t1 = recorded.json("history", "--symbol", "BTCUSDT")["trades"][0]
