@@ -402,20 +402,8 @@ async def _record(url: str, source: IO[bytes], atomic: bool) -> None:
                 for (number, _), found in zip(parsed, records, strict=True):
                     _ack(number, found)
         return
-    # the lines before the first well-formed one are reported before a ledger is opened:
-    # a file of nothing but bad lines creates no ledger
-    items, refused, first = _parsed(source), 0, None
-    async for number, item in items:
-        if not isinstance(item, LedgerError):
-            first = (number, item)
-            break
-        _bad(number, item)
-        refused += 1
-    recorded = 0
-    if first is not None:
-        async with open_ledger(url) as book:
-            recorded, more = await _record_each(book, _following(first, items))
-        refused += more
+    async with open_ledger(url) as book:
+        recorded, refused = await _record_each(book, _parsed(source))
     if refused:
         others = "the others are recorded" if recorded else "nothing was recorded"
         raise Refused(f"{refused} line(s) refused; {others}")
@@ -476,12 +464,6 @@ async def _parsed(source: IO[bytes]) -> AsyncIterator[tuple[int, Append | Ledger
             continue
         if item is not None:  # an export's header or trailer
             yield number, item
-
-
-async def _following(first: T, rest: AsyncIterator[T]) -> AsyncIterator[T]:
-    yield first
-    async for item in rest:
-        yield item
 
 
 async def _record_each(

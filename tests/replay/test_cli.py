@@ -195,18 +195,6 @@ def test_record_reports_bad_lines_by_number_and_writes_none_of_them(tmp_path: Pa
     assert [r["type"] for r in stored] == ["TradeOpened", "StopMoved"]
 
 
-def test_record_of_nothing_but_bad_lines_creates_no_ledger(tmp_path: Path) -> None:
-    """`record` of a file whose every line is bad reports each, exits 1 and leaves no ledger file behind."""
-    url = f"sqlite:///{tmp_path / 'new.db'}"
-    text = "{not json\n" + json.dumps({"type": "Nope"}) + "\n"
-    result = cli(url, "record", "-", input=text, cwd=tmp_path)
-    no_traceback(result)
-    assert result.returncode == 1
-    assert [json.loads(line)["line"] for line in result.stderr.splitlines()[:-1]] == [1, 2]
-    assert result.stderr.splitlines()[-1] == "error: 2 line(s) refused; nothing was recorded"
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_record_from_a_pipe_acknowledges_each_line_while_the_pipe_stays_open(
     tmp_path: Path,
 ) -> None:
