@@ -13,7 +13,7 @@ logged as an error: never dropped, never changed (``quarantined()`` lists
 them; ``describe()`` counts what is pending and what was quarantined). The
 spool opens with the ledger, which needs Redis reachable at that moment.
 Processes that share a spool path (a bot and the CLI with its URL) forward
-what waits there one at a time (a lock on the file ``PATH-drain``); whether
+what waits there one at a time (a lock on the file ``PATH-drain-LEDGERID``); whether
 anything waits is read from the file, so once any of them has drained it,
 appends go straight to Redis again. Each row names its ledger, and a ledger
 forwards only its own rows.
@@ -66,14 +66,16 @@ class _Line(msgspec.Struct, array_like=True):
 
 # Schema 1. A seq is never handed out twice (AUTOINCREMENT): a drainer deletes the row it
 # forwarded by its seq, and a quarantined batch keeps its seq. Each row names the ledger
-# it was spooled for (NULL: spooled by schema 0, claimed by the next ledger to open it);
-# a ledger forwards only its own rows.
+# (its id) it was spooled for (NULL: spooled by schema 0, claimed by the next ledger to
+# open it); a ledger forwards only its own rows. ``ledgers`` names each id, so a ledger
+# that Redis lost and made again (same name, new id) is told from another ledger.
 _SCHEMA_VERSION = 1
 _TABLES = (
     "CREATE TABLE spool (seq INTEGER PRIMARY KEY AUTOINCREMENT, ledger TEXT, "
     "batch BLOB NOT NULL, spooled_at TEXT NOT NULL)",
     "CREATE TABLE quarantine (seq INTEGER PRIMARY KEY, ledger TEXT, batch BLOB NOT NULL, "
     "spooled_at TEXT NOT NULL, reason TEXT NOT NULL, quarantined_at TEXT NOT NULL)",
+    "CREATE TABLE ledgers (id TEXT PRIMARY KEY, name TEXT NOT NULL)",
 )
 
 
@@ -183,16 +185,25 @@ def _oldest(conn: sqlite3.Connection, ledger: str) -> tuple[int, bytes, str] | N
     return row
 
 
-def _claim_unowned(conn: sqlite3.Connection, ledger: str) -> None:
-    """Rows spooled before rows named their ledger belong to the first ledger opened on them."""
+def _bind(conn: sqlite3.Connection, ledger: str, name: str) -> tuple[str, int] | None:
+    """Enter ``ledger`` (an id) as ``name``'s, and give it the rows spooled before rows named
+    their ledger. Returns (old id, batches) when batches wait for an earlier ledger of the
+    same name: Redis lost that ledger and made it again, and they can go nowhere."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         for table in ("spool", "quarantine"):
             conn.execute(f"UPDATE {table} SET ledger = ? WHERE ledger IS NULL", (ledger,))
+        conn.execute("INSERT OR IGNORE INTO ledgers (id, name) VALUES (?, ?)", (ledger, name))
+        stranded: tuple[str, int] | None = conn.execute(
+            "SELECT spool.ledger, count(*) FROM spool JOIN ledgers ON ledgers.id = spool.ledger "
+            "WHERE ledgers.name = ? AND ledgers.id != ? GROUP BY spool.ledger LIMIT 1",
+            (name, ledger),
+        ).fetchone()
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    return stranded
 
 
 class Quarantined(msgspec.Struct, frozen=True):
@@ -221,9 +232,11 @@ class SpoolStore:
         self._drained: Callable[[list[Record]], Awaitable[None]] | None = None
         self._conn: sqlite3.Connection | None = None
         self._ledger = ""  # the Redis ledger's id: the spool rows that are this ledger's
-        # one forwarder at a time per spool file, across processes: a lock on a file
-        # beside it, which the kernel drops with the process (and keeps while it is stopped)
+        # one forwarder at a time per ledger and spool file, across processes: a lock on a
+        # file beside it, which the kernel drops with the process (and keeps while it is
+        # stopped: a stopped process's ledger waits, other ledgers on the spool do not)
         self._drain_fd: int | None = None
+        self._closing = False
         self._lock = asyncio.Lock()  # one user of the spool's connection at a time
         self._draining = asyncio.Lock()
         # Whether anything waits in the spool: later appends queue behind it. Read
@@ -258,7 +271,19 @@ class SpoolStore:
                 self._log.error("redis_unreachable_at_open", address=self.url, spooled=spooled)
                 raise
             self._ledger = await self.inner.ledger_id()
-            await self._sql(_claim_unowned, conn, self._ledger)
+            name = self.inner.options.name
+            stranded = await self._sql(_bind, conn, self._ledger, name)
+            if stranded is not None:
+                old, batches = stranded
+                raise IncompatibleStore(
+                    f"the spool {self.path} holds {batches} batch(es) acknowledged as Pending for "
+                    f"ledger {name!r} when its id was {old}; Redis now holds {name!r} as a new "
+                    f"ledger ({self._ledger}): it lost the old one. Move the spool file aside "
+                    "(it keeps them) and open with a fresh one"
+                )
+            self._drain_fd = await asyncio.to_thread(
+                os.open, f"{self.path}-drain-{self._ledger}", os.O_RDWR | os.O_CREAT, 0o600
+            )
         except BaseException:
             await self.inner.aclose()
             self._close_files()
@@ -270,7 +295,6 @@ class SpoolStore:
         try:
             if not os.path.exists(self.path):
                 os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-            self._drain_fd = os.open(f"{self.path}-drain", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as e:
             raise StoreUnavailable(f"cannot open the spool {self.path}: {e.strerror}") from e
         try:
@@ -278,7 +302,6 @@ class SpoolStore:
                 self.path, timeout=self.inner.timeout, isolation_level=None, check_same_thread=False
             )
         except sqlite3.Error as e:
-            self._close_files()
             raise StoreUnavailable(f"cannot open the spool {self.path}: {e}") from e
         try:
             conn.execute("PRAGMA journal_mode = WAL")
@@ -286,7 +309,6 @@ class SpoolStore:
             _migrate(conn, self.path)
         except BaseException as e:
             conn.close()
-            self._close_files()
             if isinstance(e, sqlite3.Error):
                 raise StoreUnavailable(f"cannot open the spool {self.path}: {e}") from e
             raise
@@ -301,16 +323,22 @@ class SpoolStore:
             self._drain_fd = None
 
     def _start_forwarding(self) -> None:
-        if (self._forwarder is None or self._forwarder.done()) and self._conn is not None:
+        if (
+            (self._forwarder is None or self._forwarder.done())
+            and self._conn is not None
+            and not self._closing
+        ):
             self._forwarder = asyncio.get_running_loop().create_task(self._forward())
 
     async def aclose(self) -> None:
+        # an append in flight may still spool meanwhile: it must not start a new forwarder
+        self._closing = True
         if self._forwarder is not None:
             self._forwarder.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._forwarder
         await self.inner.aclose()
-        async with self._lock:
+        async with self._draining, self._lock:  # a drain() called by hand ends first
             self._close_files()
 
     def _live(self) -> sqlite3.Connection:

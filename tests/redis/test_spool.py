@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import sqlite3
 import subprocess
@@ -390,6 +391,103 @@ def test_a_spool_shared_by_two_ledgers_forwards_each_ones_batches_to_its_own_log
     assert [r.event_id for r in second_log] == ["second-1"]
 
 
+def test_a_ledger_whose_forwarding_another_process_holds_waits_and_other_ledgers_do_not(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    """The forwarding lock is per ledger: while another process holds one ledger's (stopped, say), that ledger's batches wait, and another ledger's on the same spool still go."""
+    server = make_server()
+    spool = str(tmp_path / "spool.db")
+    first_url = _as_user(server, server.url(tmp_path, name="acct1", spool=spool), "bot")
+    second_url = _as_user(server, server.url(tmp_path, name="acct2", spool=spool), "bot2")
+
+    async def body() -> tuple[list[Record], list[Record]]:
+        async with open_ledger(first_url) as first, open_ledger(second_url) as second:
+            held = os.open(f"{spool}-drain-{await first.store.ledger_id()}", os.O_RDWR)
+            fcntl.flock(held, fcntl.LOCK_EX)  # another process is forwarding acct1's batches
+            try:
+                _lock_out(server, "bot", enabled=False)
+                _lock_out(server, "bot2", enabled=False)
+                assert isinstance(await first.record(signal("s1"), event_id="one"), Pending)
+                assert isinstance(await second.record(signal("s2"), event_id="two"), Pending)
+                _lock_out(server, "bot", enabled=True)
+                _lock_out(server, "bot2", enabled=True)
+                await drained(second)
+                await asyncio.sleep(1)  # acct1's forwarder has tried, and waits its turn
+                assert spool_of(first).counts() == (1, 0)
+                with pytest.raises(StoreUnavailable, match="another process is forwarding"):
+                    await spool_of(first).drain()
+            finally:
+                os.close(held)  # as the holder's death would
+            await drained(first)
+            return await all_records(first), await all_records(second)
+
+    first_log, second_log = run(body())
+    assert [r.event_id for r in first_log] == ["one"]
+    assert [r.event_id for r in second_log] == ["two"]
+
+
+def test_a_spool_waiting_for_a_ledger_redis_lost_refuses_to_open_and_keeps_its_batches(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    """Batches wait for a ledger that Redis then lost and made anew under its name: the spool refuses to open, naming both ids, and keeps them untouched."""
+    server = make_server()
+    spool = tmp_path / "spool.db"
+    url = _as_user(server, server.url(tmp_path, name="lost", spool=str(spool)), "bot")
+
+    async def spool_two() -> str:
+        async with open_ledger(url) as book:
+            await book.record(opened("t1"))
+            old = str(await book.store.ledger_id())
+            spool_of(book).retry_every = 3600  # it forwards when woken by a spooling only
+            _lock_out(server, "bot", enabled=False)
+            for number in range(2):
+                assert isinstance(await book.record(signal(f"s{number}")), Pending)
+            await asyncio.sleep(0.2)  # the forwarder's tries, woken by them, have failed
+            _lock_out(server, "bot", enabled=True)
+            return old
+
+    old = run(spool_two())
+    client = server.client()
+    client.delete(*client.keys("tradeledger:{lost}:*"))  # a restart without persistence
+    client.close()
+    rows = sqlite3.connect(spool).execute("SELECT seq, ledger, batch FROM spool").fetchall()
+    with pytest.raises(IncompatibleStore, match="2 batch") as refused:
+        run(_open_close(url))
+    assert old in str(refused.value) and "move the spool file aside" in str(refused.value).lower()
+    assert sqlite3.connect(spool).execute("SELECT seq, ledger, batch FROM spool").fetchall() == rows
+
+
+def test_closing_with_an_append_in_flight_leaves_no_forwarder_behind(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    """An append that fails over to the spool while the ledger closes is kept, and no forwarder runs on after the close."""
+    server = make_server()
+    spool = tmp_path / "spool.db"
+    url = server.url(tmp_path, spool=str(spool))
+
+    async def body() -> tuple[list[Any], list[str]]:
+        book = await open_ledger(url, timeout=0.5)
+        await book.record(opened("t1"))
+        pause(server)
+        try:
+            in_flight = asyncio.create_task(book.record(signal("s1"), event_id="late"))
+            await asyncio.sleep(0.1)
+            closing = asyncio.create_task(book.aclose())
+            outcome = await asyncio.gather(in_flight, return_exceptions=True)
+        finally:
+            resume(server)
+        await closing
+        with capture_logs() as logs:
+            await asyncio.sleep(1.2)  # a forwarder left running retries every 0.5 s
+        return outcome, [log["event"] for log in logs]
+
+    outcome, after_close = run(body())
+    assert [type(o).__name__ for o in outcome] == ["Pending"]
+    assert after_close == []
+    rows = sqlite3.connect(spool).execute("SELECT count(*) FROM spool").fetchone()
+    assert rows == (1,)
+
+
 def _as_schema_0(path: Path, quarantined_seq: int) -> None:
     """Rewrite a spool file as the first spool schema wrote it (no AUTOINCREMENT, no ledger),
     with a quarantined batch that shares its seq with the batch still waiting."""
@@ -398,6 +496,7 @@ def _as_schema_0(path: Path, quarantined_seq: int) -> None:
     conn.execute("CREATE TABLE old AS SELECT seq, batch, spooled_at FROM spool")
     conn.execute("DROP TABLE spool")
     conn.execute("DROP TABLE quarantine")
+    conn.execute("DROP TABLE ledgers")
     conn.execute("DELETE FROM sqlite_sequence")
     conn.execute(
         "CREATE TABLE spool (seq INTEGER PRIMARY KEY, batch BLOB NOT NULL, spooled_at TEXT NOT NULL)"
