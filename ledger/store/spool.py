@@ -13,10 +13,10 @@ logged as an error: never dropped, never changed (``quarantined()`` lists
 them; ``describe()`` counts what is pending and what was quarantined). The
 spool opens with the ledger, which needs Redis reachable at that moment.
 Processes that share a spool path (a bot and the CLI with its URL) forward
-what waits there one at a time (a lock on the file ``PATH-drain-LEDGERID``); whether
-anything waits is read from the file, so once any of them has drained it,
-appends go straight to Redis again. Each row names its ledger, and a ledger
-forwards only its own rows.
+what waits there one at a time (a lock on the file ``PATH-drain-LEDGERID``);
+whether anything waits is read from the file, so once any of them has drained
+it, appends go straight to Redis again. Each row names its ledger, and a
+ledger forwards only its own rows.
 """
 
 from __future__ import annotations
@@ -201,7 +201,8 @@ def _bind(conn: sqlite3.Connection, ledger: str, name: str) -> tuple[str, int] |
         ).fetchone()
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
     return stranded
 
@@ -421,12 +422,12 @@ class SpoolStore:
 
         A batch Redis refuses is quarantined and the drain goes on; one that
         cannot reach Redis stays first in line and the error is raised. While
-        another process forwards this spool, ``StoreUnavailable`` says so: two
-        forwarders could each send a batch the other has quarantined meanwhile.
+        another process forwards this ledger's batches, ``StoreUnavailable`` says
+        so: two forwarders could each send a batch the other has quarantined.
         """
-        conn, lock = self._live(), self._drain_fd
-        assert lock is not None  # open with the connection
         async with self._draining:
+            conn, lock = self._live(), self._drain_fd  # after the wait: aclose may have run
+            assert lock is not None  # open with the connection
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
