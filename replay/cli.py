@@ -415,13 +415,16 @@ async def _check_lines(book: Ledger, parsed: list[tuple[int, Append]]) -> int:
     log and the lines before it leave it. (The batch is checked again when it is recorded,
     under the write lock: this only says which lines are wrong.)"""
     streams: dict[str, tuple[int, StreamState]] = {}
+    seen: set[str] = set()
     refused = 0
     for number, item in parsed:
         try:
             event = validate(item.event, now=book.clock())
             event_id = item.event_id or natural_event_id(event)
-            if event_id is not None and await book.store.find(event_id) is not None:
-                continue  # a retry: recording it returns the first record
+            if event_id is not None:
+                if event_id in seen or await book.store.find(event_id) is not None:
+                    continue  # a retry: recording it returns the first record
+                seen.add(event_id)
             stream = stream_of(event)
             if stream not in streams:
                 records = await book.store.read_stream(stream)
@@ -1270,15 +1273,16 @@ def _print_report(report: Report, where: str) -> None:
             f"{report.checkpoints} checkpoint(s), {report.anchors} anchor(s) verified{scope}"
         )
         return
-
-    def at(problem: Problem) -> str:  # an anchor's or a trailer's problem has no position
-        return "" if problem.position is None else f"position {problem.position}: "
-
     first = report.first_bad
     assert first is not None
-    click.echo(f"FAILED: {where}: first bad: {at(first)}{_safe(first.reason)}")
+    click.echo(f"FAILED: {where}: first bad: {_at(first)}{_safe(first.reason)}")
     for problem in report.problems[1:10]:
-        click.echo(f"  also: {at(problem)}{_safe(problem.reason)}")
+        click.echo(f"  also: {_at(problem)}{_safe(problem.reason)}")
+
+
+def _at(problem: Problem) -> str:
+    """Where a problem is, for a report line (an anchor's or a trailer's has no position)."""
+    return "" if problem.position is None else f"position {problem.position}: "
 
 
 @contextlib.contextmanager
@@ -1343,9 +1347,8 @@ def anchor(url: str, key_file: str | None, new_key_file: str | None) -> None:
         if not report.ok:
             first = report.first_bad
             assert first is not None
-            at = f"position {first.position}" if first.position is not None else "the log"
             click.echo(
-                f"error: {safe_url(url)} fails verify, not signing: first bad: {at}: "
+                f"error: {safe_url(url)} fails verify, not signing: first bad: {_at(first)}"
                 f"{_safe(first.reason)} (run `tradeledger verify` for the report)",
                 err=True,
             )

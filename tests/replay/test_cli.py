@@ -262,6 +262,15 @@ def test_atomic_record_refused_by_the_rules_writes_nothing_and_names_each_bad_li
     assert head(url) == before
 
 
+def test_atomic_record_takes_a_line_repeated_in_the_batch_as_a_retry(tmp_path: Path) -> None:
+    """`record --atomic` with the same signal twice records it once and acknowledges both lines with its record."""
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    text = jsonl([HISTORY[0], HISTORY[1], HISTORY[1]])
+    result = cli(url, "record", "--atomic", "-", input=text, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [(a["line"], a["position"]) for a in acks(result)] == [(1, 1), (2, 2), (3, 2)]
+
+
 def test_atomic_record_of_good_lines_writes_them_all(tmp_path: Path) -> None:
     """`record --atomic` with only good lines records every one and acknowledges each."""
     url = f"sqlite:///{tmp_path / 'l.db'}"
