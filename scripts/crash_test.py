@@ -11,10 +11,14 @@ random) or at a random moment; some children run with a short timeout and a
 stalled commit, so they meet ``OutcomeUnknown`` and retry with the same event
 ids. On Redis, some rounds also SIGKILL the redis-server and restart it, and
 some stop it (SIGSTOP) for a second while appends are in flight, so that sent
-appends go unanswered (``OutcomeUnknown``) and land once it resumes.
+appends go unanswered (``OutcomeUnknown``) and land once it resumes. With
+``--backend spool`` the ledger has a local spool: appends made while Redis is
+down or stalled are acknowledged as ``Pending``, and half of the rounds that
+kill the server also kill the child while it forwards its spool (``spool_drain``).
 
-After every kill the parent reopens the ledger and checks: every acknowledged
-event is present with identical data and metadata; no record exists that no
+After every kill the parent reopens the ledger (and, with a spool, waits for it
+to drain) and checks: every acknowledged event, ``Pending`` ones included, is
+present with identical data and metadata, and nothing was quarantined; no record exists that no
 child meant to write; no batch is partly present; no event id or payload is
 recorded twice; positions are dense and the chain verifies (``replay.verify``);
 the views reopened from checkpoints plus the tail equal a full rebuild from
@@ -24,6 +28,7 @@ the log. The ledger carries over from round to round and starts afresh every
     .venv/bin/python scripts/crash_test.py --rounds 20                     # sqlite
     .venv/bin/python scripts/crash_test.py --rounds 1000 --seed 1
     .venv/bin/python scripts/crash_test.py --backend redis --rounds 200    # starts its own redis-server
+    .venv/bin/python scripts/crash_test.py --backend spool --rounds 200    # redis with a local spool
 
 Children are forked from the parent (no interpreter start per round), so this
 runs on Linux and macOS only.
@@ -130,8 +135,10 @@ class Journal:
         )
 
     def acknowledge(self, batch: str | None, records: Sequence[Any]) -> None:
-        lines = [
-            json.dumps({"event_id": r.event_id, "batch": batch, "position": r.position})
+        lines = [  # a Pending (spooled) has no position yet
+            json.dumps(
+                {"event_id": r.event_id, "batch": batch, "position": getattr(r, "position", None)}
+            )
             for r in records
         ]
         os.write(self.acks, ("\n".join(lines) + "\n").encode())
@@ -269,6 +276,7 @@ class Totals:
     duplicated: int = 0
     mismatches: int = 0
     unknown_retried: int = 0
+    pending: int = 0
     restored: int = 0
     stalls: int = 0
     problems: list[str] = field(default_factory=list)
@@ -325,7 +333,16 @@ async def check(
 ) -> None:
     """Everything the parent checks after a kill (see the module docstring)."""
     async with open_ledger(url, create=False) as book:
-        records: list[Record] = [r async for r in book.store.read()]
+        store: Any = book.store
+        if hasattr(store, "quarantined"):  # a spool: what the child left in it goes first
+            deadline = time.monotonic() + ROUND_SECONDS
+            while store.counts()[0] and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            pending, quarantined = store.counts()
+            if pending or quarantined:
+                totals.mismatches += 1
+                totals.problem(f"{note}: the spool kept {pending} and quarantined {quarantined}")
+        records: list[Record] = [r async for r in store.read()]
     by_id: dict[str, Record] = {}
     payloads: Counter[tuple[str, str, str]] = Counter()
     for number, record in enumerate(records, start=1):
@@ -364,6 +381,8 @@ async def check(
         if found is None:
             totals.lost += 1
             totals.problem(f"{note}: acknowledged {ack['event_id']} is missing")
+        elif ack["position"] is None:
+            totals.pending += 1
         elif found.position != ack["position"]:
             totals.mismatches += 1
             totals.problem(
@@ -404,7 +423,7 @@ class Backend:
         self.kind = kind
         self.work = work
         self.server: RedisServer | None = None
-        if kind == "redis":
+        if kind in ("redis", "spool"):
             directory = work / "redis"
             directory.mkdir()
             self.server = RedisServer(directory)
@@ -413,6 +432,9 @@ class Backend:
     def url(self, epoch: int) -> str:
         if self.server is None:
             return f"sqlite:///{self.work / f'epoch{epoch}.db'}"
+        if self.kind == "spool":
+            spool = str(self.work / f"spool{epoch}.db")
+            return self.server.url(self.work, name=f"crash{epoch}", spool=spool)
         return self.server.url(self.work, name=f"crash{epoch}")
 
     @property
@@ -479,6 +501,9 @@ def one_round(
         plan.timeout = 0.2
         stall = 0.5 if backend.server is None else 0.7  # Redis waits 2 x timeout
         spec = f"before_commit=sleep:{stall}@{rng.randint(1, 12)}"
+    elif mode == "server" and backend.kind == "spool" and rng.random() < 0.5:
+        point = "spool_drain"  # it dies forwarding what it spooled while the server was down
+        spec = f"{point}=kill@{rng.randint(1, 4)}"
     note = f"round {number} ({mode}{' ' + spec if spec else ''}, seed {plan.seed})"
     sys.stdout.flush()
     sys.stderr.flush()
@@ -542,7 +567,7 @@ def one_round(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20, help="children to kill (default 20)")
-    parser.add_argument("--backend", choices=["sqlite", "redis"], default="sqlite")
+    parser.add_argument("--backend", choices=["sqlite", "redis", "spool"], default="sqlite")
     parser.add_argument("--seed", type=int, help="the random seed (default: random, printed)")
     parser.add_argument("--epoch", type=int, default=25, help="rounds per ledger (default 25)")
     parser.add_argument("--dir", type=Path, help="work here instead of a temporary directory")
@@ -583,7 +608,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"redis-server {totals.server_kills}, redis-server paused {totals.server_pauses}) "
         f"acknowledged={totals.acknowledged} "
         f"lost={totals.lost} duplicated={totals.duplicated} mismatches={totals.mismatches} "
-        f"outcome_unknown_retried={totals.unknown_retried} restored_from_checkpoints={totals.restored} "
+        f"outcome_unknown_retried={totals.unknown_retried} pending_acknowledged={totals.pending} "
+        f"restored_from_checkpoints={totals.restored} "
         f"stalls={totals.stalls} seconds={time.monotonic() - started:.0f}",
         flush=True,
     )
