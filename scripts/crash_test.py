@@ -18,9 +18,10 @@ kill the server also kill the child while it forwards its spool (``spool_drain``
 
 After every kill the parent reopens the ledger (and, with a spool, waits for it
 to drain) and checks: every acknowledged event, ``Pending`` ones included, is
-present with identical data and metadata, and nothing was quarantined; no record exists that no
-child meant to write; no batch is partly present; no event id or payload is
-recorded twice; positions are dense and the chain verifies (``replay.verify``);
+present with identical data and metadata, and nothing was quarantined; each
+producer task's events are in the log in the order it made them; no record
+exists that no child meant to write; no batch is partly present; no event id
+or payload is recorded twice; positions are dense and the chain verifies (``replay.verify``);
 the views reopened from checkpoints plus the tail equal a full rebuild from
 the log. The ledger carries over from round to round and starts afresh every
 ``--epoch`` rounds. One summary line; exit 1 on any loss, duplicate or mismatch.
@@ -388,6 +389,18 @@ async def check(
             totals.problem(
                 f"{note}: {ack['event_id']} was acknowledged at {ack['position']}, is at {found.position}"
             )
+    # each producer task awaits every call before the next: its events are in the log in
+    # the order it made them (a spool queues later appends behind what it holds)
+    last: dict[str, int] = {}
+    for intent in round_intents:
+        task = intent["event_id"].split("-t")[0]
+        found = by_id.get(intent["event_id"])
+        if found is None:
+            continue
+        if found.position < last.get(task, 0):
+            totals.mismatches += 1
+            totals.problem(f"{note}: {intent['event_id']} landed before an earlier call of {task}")
+        last[task] = max(last.get(task, 0), found.position)
     batches: dict[str, list[str]] = {}
     for intent in round_intents:
         if intent.get("batch"):

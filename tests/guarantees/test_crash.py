@@ -120,3 +120,36 @@ def test_the_harness_counts_a_lost_acknowledgement_a_stranger_record_and_a_half_
     assert totals.lost == 1
     assert totals.mismatches == 2  # the stranger, and batch b1 half present
     assert totals.duplicated == 0
+
+
+def test_the_harness_counts_an_event_that_landed_before_an_earlier_call_of_its_task(
+    tmp_path: Path,
+) -> None:
+    """Its check reports a task's event recorded ahead of one the task made before it."""
+    harness = load_harness()
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+
+    async def write() -> list[Any]:
+        async with open_ledger(url) as book:
+            first = await book.record(opened("t1"), event_id="r0w0-t1-e0")
+            second = await book.record(opened("t2"), event_id="r0w0-t2-e0")
+            third = await book.record(opened("t3"), event_id="r0w1-t3-e0")
+            return [first, second, third]
+
+    records = asyncio.run(write())
+    lines = {
+        r.event_id: {
+            "event_id": r.event_id,
+            "batch": None,
+            "type": r.type,
+            "data": r.data,
+            "metadata": r.metadata,
+        }
+        for r in records
+    }
+    # task r0w0 made t2's open before t1's, yet t1's is first in the log
+    meant = [lines["r0w0-t2-e0"], lines["r0w1-t3-e0"], lines["r0w0-t1-e0"]]
+    totals = harness.Totals()
+    asyncio.run(harness.check(url, lines, meant, [], set(), totals, "self-test"))
+    assert totals.mismatches == 1
+    assert "landed before an earlier call of r0w0" in totals.problems[0]
