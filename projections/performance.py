@@ -217,8 +217,14 @@ class Performance(TableProjection):
     apart = True
 
     def __init__(self, *, starting_equity: Decimal = _ZERO, annualization_days: int = 365) -> None:
-        if not isinstance(starting_equity, Decimal) or not starting_equity.is_finite():
-            raise ValueError("starting_equity must be a finite Decimal")
+        if (
+            not isinstance(starting_equity, Decimal)
+            or not starting_equity.is_finite()
+            or starting_equity < 0
+        ):  # a drawdown is a fraction of a peak that equity starts from: never below zero
+            raise ValueError(
+                f"starting_equity must be a finite Decimal, 0 or more, not {starting_equity!r}"
+            )
         if (
             isinstance(annualization_days, bool)
             or not isinstance(annualization_days, int)

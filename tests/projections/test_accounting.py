@@ -662,6 +662,15 @@ def test_performance_figures_of_eight_trades_match_the_hand_computation(
     assert close_to(f.sortino, sortino)
 
 
+@pytest.mark.parametrize(
+    "equity", [Decimal("-5"), Decimal("NaN"), Decimal("Infinity"), 100.0], ids=str
+)
+def test_a_starting_equity_below_zero_or_not_a_finite_decimal_is_refused(equity: Any) -> None:
+    """Performance refuses a starting equity that is negative, not finite, or a float."""
+    with pytest.raises(ValueError, match="starting_equity"):
+        Performance(starting_equity=equity)
+
+
 def test_every_ratio_is_published_to_34_significant_digits(sqlite_url: str) -> None:
     """Quotients that do not terminate (2/3 wins, 4/3 expectancy) come out rounded to RATIO's 34 digits, as are SQN, Sharpe and Sortino."""
     events = [
