@@ -45,6 +45,17 @@ def crash_test(tmp_path: Path, *args: str, timeout: float) -> dict[str, int]:
     return {k: int(v) for k, v in found.groupdict().items()}
 
 
+def intent(record: Any, batch: str | None) -> dict[str, Any]:
+    """The child's intent line for an event that ``record`` holds."""
+    return {
+        "event_id": record.event_id,
+        "batch": batch,
+        "type": record.type,
+        "data": record.data,
+        "metadata": record.metadata,
+    }
+
+
 def load_harness() -> ModuleType:
     spec = importlib.util.spec_from_file_location("crash_test", SCRIPT)
     assert spec is not None and spec.loader is not None
@@ -98,16 +109,6 @@ def test_the_harness_counts_a_lost_acknowledgement_a_stranger_record_and_a_half_
             )
 
     records = asyncio.run(write())
-
-    def intent(record: Any, batch: str | None) -> dict[str, Any]:
-        return {
-            "event_id": record.event_id,
-            "batch": batch,
-            "type": record.type,
-            "data": record.data,
-            "metadata": record.metadata,
-        }
-
     meant = [intent(records[0], "b1"), intent(records[1], None)]
     meant.append({**meant[0], "event_id": "never-written", "batch": "b1"})
     acks = [
@@ -137,16 +138,7 @@ def test_the_harness_counts_an_event_that_landed_before_an_earlier_call_of_its_t
             return [first, second, third]
 
     records = asyncio.run(write())
-    lines = {
-        r.event_id: {
-            "event_id": r.event_id,
-            "batch": None,
-            "type": r.type,
-            "data": r.data,
-            "metadata": r.metadata,
-        }
-        for r in records
-    }
+    lines = {r.event_id: intent(r, None) for r in records}
     # task r0w0 made t2's open before t1's, yet t1's is first in the log
     meant = [lines["r0w0-t2-e0"], lines["r0w1-t3-e0"], lines["r0w0-t1-e0"]]
     totals = harness.Totals()
