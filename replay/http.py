@@ -228,7 +228,9 @@ class Param(msgspec.Struct, frozen=True, kw_only=True):
             return _moment(self.name, raw)
         if self.kind == "decimal":
             if not _DECIMAL.fullmatch(raw):
-                raise _bad(self.name, "must be a decimal number such as 10000 or 2500.50")
+                raise _bad(
+                    self.name, "must be a decimal number, 0 or more, such as 10000 or 2500.50"
+                )
             return Decimal(raw)
         if self.kind == "choice":
             if raw not in self.choices:
@@ -240,7 +242,7 @@ class Param(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _DIGITS = re.compile(r"[0-9]{1,16}")
-_DECIMAL = re.compile(r"^-?[0-9]{1,24}(\.[0-9]{1,24})?$")
+_DECIMAL = re.compile(r"^[0-9]{1,24}(\.[0-9]{1,24})?$")  # 0 or more: equity, never below
 _MAX_TEXT = 512
 
 

@@ -389,6 +389,7 @@ def test_verify_is_the_clis_report(api: httpx.Client, book: Recorded) -> None:
         ("/pnl", {"group_by": "colour"}, "group_by"),
         ("/performance", {"starting_equity": "abc"}, "starting_equity"),
         ("/performance", {"starting_equity": "1e400"}, "starting_equity"),
+        ("/performance", {"starting_equity": "-74"}, "starting_equity"),
         ("/performance", {"annualization_days": "0"}, "annualization_days"),
         ("/performance", {"daily": "yes"}, "daily"),
         ("/positions", {"at_position": "-3"}, "at_position"),
