@@ -38,6 +38,7 @@ from ledger.errors import (
     ConcurrencyError,
     IdempotencyConflict,
     IncompatibleStore,
+    IntegrityError,
     InvalidEvent,
     LedgerClosed,
     LedgerError,
@@ -148,23 +149,35 @@ def _encode(batch: Sequence[Proposal]) -> bytes:
 
 
 def _decode(blob: bytes) -> list[Proposal]:
+    """A spooled batch; ``IntegrityError`` if it cannot be read (damaged, or spooled by a
+    newer tradeledger with event types or versions this one does not know)."""
     proposals = []
-    for line in msgspec.json.decode(blob, type=list[_Line]):
-        event = decode_event(line.type, line.schema_version, line.data, line.metadata)
-        proposals.append(
-            Proposal(
-                event=event,
-                stream_id=line.stream_id,
-                event_id=line.event_id,
-                expected_version=line.expected_version,
-                type=line.type,
-                schema_version=line.schema_version,
-                occurred_at=dt.datetime.fromisoformat(line.occurred_at),
-                data=line.data,
-                metadata=line.metadata,
+    try:
+        for line in msgspec.json.decode(blob, type=list[_Line]):
+            event = decode_event(line.type, line.schema_version, line.data, line.metadata)
+            proposals.append(
+                Proposal(
+                    event=event,
+                    stream_id=line.stream_id,
+                    event_id=line.event_id,
+                    expected_version=line.expected_version,
+                    type=line.type,
+                    schema_version=line.schema_version,
+                    occurred_at=dt.datetime.fromisoformat(line.occurred_at),
+                    data=line.data,
+                    metadata=line.metadata,
+                )
             )
-        )
+    except (msgspec.MsgspecError, ValueError, LedgerError) as e:
+        raise IntegrityError(f"the spooled batch cannot be read: {e}") from e
     return proposals
+
+
+def _readable(blob: bytes) -> list[Proposal]:
+    try:
+        return _decode(blob)
+    except IntegrityError:
+        return []
 
 
 T = TypeVar("T")
@@ -357,7 +370,8 @@ class SpoolStore:
         return int(pending), int(quarantined)
 
     def quarantined(self) -> list[Quarantined]:
-        """Every batch Redis refused, oldest first, exactly as it was spooled."""
+        """Every batch Redis refused, oldest first, exactly as it was spooled (a batch
+        that could not be read has an empty ``batch``; its bytes stay in the file)."""
         rows = self._live().execute(
             "SELECT seq, spooled_at, quarantined_at, reason, batch FROM quarantine "
             "WHERE ledger = ? ORDER BY seq",
@@ -369,7 +383,7 @@ class SpoolStore:
                 dt.datetime.fromisoformat(spooled_at),
                 dt.datetime.fromisoformat(quarantined_at),
                 reason,
-                _decode(blob),
+                _readable(blob),
             )
             for seq, spooled_at, quarantined_at, reason, blob in rows
         ]
@@ -448,22 +462,17 @@ class SpoolStore:
                     self._spooled = False
             if row is None:
                 return sent
-            seq, blob, spooled_at = row
+            seq, blob, _ = row
             self.inner.failpoints.hit("spool_drain")
-            batch = _decode(blob)
+            try:
+                batch = _decode(blob)
+            except IntegrityError as unreadable:  # kept aside, not stalled on for good
+                await self._set_aside(conn, row, [], unreadable)
+                continue
             try:
                 records = await self.inner.append(batch)
             except (InvalidEvent, ConcurrencyError, IdempotencyConflict) as refused:
-                async with self._lock:
-                    await self._sql(self._quarantine, conn, seq, blob, spooled_at, refused)
-                self._log.error(
-                    "spool_quarantined",
-                    address=self.url,
-                    seq=seq,
-                    event_ids=[p.event_id for p in batch],
-                    error=type(refused).__name__,
-                    reason=str(refused),
-                )
+                await self._set_aside(conn, row, batch, refused)
                 continue
             async with self._lock:
                 await self._sql(conn.execute, "DELETE FROM spool WHERE seq = ?", (seq,))
@@ -478,6 +487,26 @@ class SpoolStore:
             return await asyncio.to_thread(work, *args)
         except sqlite3.Error as e:
             raise StoreUnavailable(f"{failing or 'the spool ' + self.path} failed: {e}") from e
+
+    async def _set_aside(
+        self,
+        conn: sqlite3.Connection,
+        row: tuple[int, bytes, str],
+        batch: list[Proposal],
+        refused: LedgerError,
+    ) -> None:
+        """Move a spooled batch to the quarantine, as it was, and say so in the log."""
+        seq, blob, spooled_at = row
+        async with self._lock:
+            await self._sql(self._quarantine, conn, seq, blob, spooled_at, refused)
+        self._log.error(
+            "spool_quarantined",
+            address=self.url,
+            seq=seq,
+            event_ids=[p.event_id for p in batch],
+            error=type(refused).__name__,
+            reason=str(refused),
+        )
 
     def _quarantine(
         self,

@@ -488,6 +488,49 @@ def test_closing_with_an_append_in_flight_leaves_no_forwarder_behind(
     assert rows == (1,)
 
 
+def test_a_spooled_batch_that_cannot_be_read_is_quarantined_not_stalled_on(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    """A damaged batch in the spool (or one a newer version wrote) goes to the quarantine with its bytes kept, and the batches behind it still land."""
+    server = make_server()
+    spool = tmp_path / "spool.db"
+    url = _as_user(server, server.url(tmp_path, spool=str(spool)), "bot")
+
+    async def body() -> tuple[list[Record], list[Any], tuple[int, int], list[str]]:
+        async with open_ledger(url) as book:
+            ledger_id = await book.store.ledger_id()
+            _lock_out(server, "bot", enabled=False)
+            conn = sqlite3.connect(spool)
+            conn.execute(
+                "INSERT INTO spool (ledger, batch, spooled_at) VALUES (?, ?, ?)",
+                (ledger_id, b'[["no", "such"]]', "2026-01-05T10:00:00.000000Z"),
+            )
+            conn.commit()
+            conn.close()
+            behind = await book.record(signal("s1"), event_id="behind")
+            assert isinstance(behind, Pending)
+            with capture_logs() as logs:
+                _lock_out(server, "bot", enabled=True)
+                await drained(book)
+            spool_store = spool_of(book)
+            events = [log["event"] for log in logs if log["log_level"] == "error"]
+            return (
+                await all_records(book),
+                spool_store.quarantined(),
+                spool_store.counts(),
+                events,
+            )
+
+    records, quarantined, counts, events = run(body())
+    assert [r.event_id for r in records] == ["behind"]
+    assert [(q.batch, q.reason.split(":")[0]) for q in quarantined] == [([], "IntegrityError")]
+    assert "cannot be read" in quarantined[0].reason
+    assert counts == (0, 1)
+    assert "spool_quarantined" in events
+    kept = sqlite3.connect(spool).execute("SELECT batch FROM quarantine").fetchall()
+    assert kept == [(b'[["no", "such"]]',)]
+
+
 def _as_schema_0(path: Path, quarantined_seq: int) -> None:
     """Rewrite a spool file as the first spool schema wrote it (no AUTOINCREMENT, no ledger),
     with a quarantined batch that shares its seq with the batch still waiting."""
