@@ -12,6 +12,7 @@ import datetime as dt
 import math
 import uuid
 from collections.abc import Generator, Sequence
+from functools import reduce
 from typing import Any, TypeVar
 
 import msgspec
@@ -32,7 +33,8 @@ from ledger.projection import StateProjection, TableProjection
 from ledger.record import Pending, Record
 from ledger.runner import Runner
 from ledger.store import Clock, EventStore, Proposal, open_store, safe_url
-from ledger.trade import fold
+from ledger.store.staging import Stage, stage_batch
+from ledger.trade import StreamState, fold
 
 __all__ = ["Append", "Ledger", "open_ledger"]
 
@@ -246,6 +248,43 @@ class Ledger:
         if runner is not None and self._state == "open":
             await runner.offer([r for r in records if isinstance(r, Record)])
         return records
+
+    async def check_batch(self, items: Sequence[Event | Append]) -> list[LedgerError | None]:
+        """What :meth:`record_batch` would refuse, item by item, against the log as it
+        stands and the items before it; writes nothing. Each item's refusal, or None.
+
+        The rules are the store's own (``stage_batch``: idempotency, expected version,
+        the trade rules); recording the batch checks it again under the write lock.
+        """
+        store, now = self.store, self.clock()
+        found: dict[str, Record | None] = {}
+        streams: dict[str, tuple[int, StreamState]] = {}
+        stage = Stage(await store.head())
+        answers: list[LedgerError | None] = []
+        for item in items:
+            child = Stage(stage.head, stage)
+            try:
+                proposal = self._propose(item if isinstance(item, Append) else Append(item), now)
+                if proposal.event_id not in found:
+                    found[proposal.event_id] = await store.find(proposal.event_id)
+                if proposal.stream_id not in streams:
+                    records = await store.read_stream(proposal.stream_id)
+                    state = reduce(fold, (r.event for r in records), None)
+                    streams[proposal.stream_id] = (len(records), state)
+                stage_batch(
+                    [proposal],
+                    child,
+                    find=found.__getitem__,
+                    stream=streams.__getitem__,
+                    rules=fold,
+                    now=now,
+                )
+            except LedgerError as refused:
+                answers.append(refused)
+                continue
+            child.merge_into_parent()
+            answers.append(None)
+        return answers
 
     def _propose(self, item: Append, now: dt.datetime) -> Proposal:
         event = item.event

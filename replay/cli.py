@@ -17,7 +17,6 @@ import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from decimal import Decimal
-from functools import reduce
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -32,11 +31,9 @@ from rich.text import Text
 import projections as views
 from ledger import LedgerError, open_ledger
 from ledger.book import Append, Ledger
-from ledger.errors import ConcurrencyError
-from ledger.events import canonical_decimal, natural_event_id, stream_of, validate
+from ledger.events import canonical_decimal
 from ledger.record import Pending, Record
 from ledger.store import safe_url
-from ledger.trade import StreamState, fold
 from projections.positions import Position
 from replay.anchor import Anchor, load_private_key, load_public_key, new_key, sign
 from replay.rebuild import rebuild as rebuild_views
@@ -410,31 +407,14 @@ async def _record(url: str, source: IO[bytes], atomic: bool) -> None:
 
 
 async def _check_lines(book: Ledger, parsed: list[tuple[int, Append]]) -> int:
-    """Report every line of an --atomic batch the ledger would refuse, by number, and count
-    them: each event is validated and folded, with the trade rules, onto its stream as the
-    log and the lines before it leave it. (The batch is checked again when it is recorded,
-    under the write lock: this only says which lines are wrong.)"""
-    streams: dict[str, tuple[int, StreamState]] = {}
-    seen: set[str] = set()
+    """Report every line of an --atomic batch the ledger would refuse, by number, and
+    count them."""
     refused = 0
-    for number, item in parsed:
-        try:
-            event = validate(item.event, now=book.clock())
-            event_id = item.event_id or natural_event_id(event)
-            if event_id is not None:
-                if event_id in seen or await book.store.find(event_id) is not None:
-                    continue  # a retry: recording it returns the first record
-                seen.add(event_id)
-            stream = stream_of(event)
-            if stream not in streams:
-                records = await book.store.read_stream(stream)
-                streams[stream] = (len(records), reduce(fold, (r.event for r in records), None))
-            version, state = streams[stream]
-            if item.expected_version is not None and item.expected_version != version:
-                raise ConcurrencyError(stream, item.expected_version, version)
-            streams[stream] = (version + 1, fold(state, event))
-        except LedgerError as e:
-            _bad(number, e)
+    for (number, _), refusal in zip(
+        parsed, await book.check_batch([item for _, item in parsed]), strict=True
+    ):
+        if refusal is not None:
+            _bad(number, refusal)
             refused += 1
     return refused
 
