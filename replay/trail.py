@@ -37,20 +37,7 @@ __all__ = [
     "read_export",
 ]
 
-COLUMNS = (
-    "position",
-    "stream_id",
-    "version",
-    "event_id",
-    "type",
-    "schema_version",
-    "occurred_at",
-    "recorded_at",
-    "data",
-    "metadata",
-    "prev_hash",
-    "hash",
-)
+COLUMNS = Record.__struct_fields__  # an export's columns: every field of the record
 _MAX_LINE = 1 << 20
 
 

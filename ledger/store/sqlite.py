@@ -90,20 +90,7 @@ MIGRATIONS: tuple[str, ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_NAMES = (
-    "position",
-    "stream_id",
-    "version",
-    "event_id",
-    "type",
-    "schema_version",
-    "occurred_at",
-    "recorded_at",
-    "data",
-    "metadata",
-    "prev_hash",
-    "hash",
-)
+_NAMES = Record.__struct_fields__  # the stored columns are the record's fields
 _COLUMNS = ", ".join(_NAMES)
 _HOLD_MAX_EVENTS = 1000  # a bigger next group stages too long to hold answers over it
 _SELECT = f"SELECT {_COLUMNS} FROM records"

@@ -23,22 +23,9 @@ from ledger.chain import record_hash, timestamp
 from ledger.codec import encode_data
 from replay import Anchor, Report, verify
 from replay.anchor import new_key, sign
+from replay.trail import COLUMNS
 from tests.replay.ledgers import HISTORY, build, cli, path_of, tampered
 
-COLUMNS = (
-    "position",
-    "stream_id",
-    "version",
-    "event_id",
-    "type",
-    "schema_version",
-    "occurred_at",
-    "recorded_at",
-    "data",
-    "metadata",
-    "prev_hash",
-    "hash",
-)
 LAST = len(HISTORY)
 KEY = Ed25519PrivateKey.generate()
 OTHER_KEY = Ed25519PrivateKey.generate()
