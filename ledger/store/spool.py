@@ -27,7 +27,7 @@ import datetime as dt
 import fcntl
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -80,12 +80,24 @@ _TABLES = (
 )
 
 
+@contextlib.contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction on the spool: committed, or rolled back on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 def _migrate(conn: sqlite3.Connection, path: str) -> None:
     """Bring a spool file to schema 1; refuse a newer one."""
     if conn.execute("PRAGMA user_version").fetchone()[0] == _SCHEMA_VERSION:
         return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _immediate(conn):
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         if version > _SCHEMA_VERSION:
             raise IncompatibleStore(
@@ -95,11 +107,6 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
         if version == 0:
             _from_schema_0(conn)
             conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
 
 
 def _from_schema_0(conn: sqlite3.Connection) -> None:
@@ -202,8 +209,7 @@ def _bind(conn: sqlite3.Connection, ledger: str, name: str) -> tuple[str, int] |
     """Enter ``ledger`` (an id) as ``name``'s, and give it the rows spooled before rows named
     their ledger. Returns (old id, batches) when batches wait for an earlier ledger of the
     same name: Redis lost that ledger and made it again, and they can go nowhere."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _immediate(conn):
         for table in ("spool", "quarantine"):
             conn.execute(f"UPDATE {table} SET ledger = ? WHERE ledger IS NULL", (ledger,))
         conn.execute("INSERT OR IGNORE INTO ledgers (id, name) VALUES (?, ?)", (ledger, name))
@@ -212,11 +218,6 @@ def _bind(conn: sqlite3.Connection, ledger: str, name: str) -> tuple[str, int] |
             "WHERE ledgers.name = ? AND ledgers.id != ? GROUP BY spool.ledger LIMIT 1",
             (name, ledger),
         ).fetchone()
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
     return stranded
 
 
@@ -302,8 +303,7 @@ class SpoolStore:
             await self.inner.aclose()
             self._close_files()
             raise
-        pending, _ = self.counts()
-        self._spooled = pending > 0
+        self._spooled = _holds_any(conn, self._ledger)
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -496,38 +496,28 @@ class SpoolStore:
         refused: LedgerError,
     ) -> None:
         """Move a spooled batch to the quarantine, as it was, and say so in the log."""
-        seq, blob, spooled_at = row
         async with self._lock:
-            await self._sql(self._quarantine, conn, seq, blob, spooled_at, refused)
+            await self._sql(self._quarantine, conn, row, refused)
         self._log.error(
             "spool_quarantined",
             address=self.url,
-            seq=seq,
+            seq=row[0],
             event_ids=[p.event_id for p in batch],
             error=type(refused).__name__,
             reason=str(refused),
         )
 
     def _quarantine(
-        self,
-        conn: sqlite3.Connection,
-        seq: int,
-        blob: bytes,
-        spooled_at: str,
-        refused: LedgerError,
+        self, conn: sqlite3.Connection, row: tuple[int, bytes, str], refused: LedgerError
     ) -> None:
+        seq, blob, spooled_at = row
         reason = f"{type(refused).__name__}: {refused}"
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(conn):
             conn.execute(
                 "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?)",
                 (seq, self._ledger, blob, spooled_at, reason, timestamp(self.inner.clock())),
             )
             conn.execute("DELETE FROM spool WHERE seq = ?", (seq,))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     async def _forward(self) -> None:
         while True:
