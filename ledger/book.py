@@ -33,7 +33,7 @@ from ledger.projection import StateProjection, TableProjection
 from ledger.record import Pending, Record
 from ledger.runner import Runner
 from ledger.store import Clock, EventStore, Proposal, open_store, safe_url
-from ledger.store.staging import Stage, stage_batch
+from ledger.store.staging import Stage, stage_each
 from ledger.trade import StreamState, fold
 
 __all__ = ["Append", "Ledger", "open_ledger"]
@@ -253,37 +253,39 @@ class Ledger:
         """What :meth:`record_batch` would refuse, item by item, against the log as it
         stands and the items before it; writes nothing. Each item's refusal, or None.
 
-        The rules are the store's own (``stage_batch``: idempotency, expected version,
+        The rules are the stores' own (``stage_each``: idempotency, expected version,
         the trade rules); recording the batch checks it again under the write lock.
         """
         store, now = self.store, self.clock()
+        answers: list[LedgerError | None] = []
+        proposed: list[tuple[int, Proposal]] = []  # (its item's index, what it proposes)
         found: dict[str, Record | None] = {}
         streams: dict[str, tuple[int, StreamState]] = {}
-        stage = Stage(await store.head())
-        answers: list[LedgerError | None] = []
         for item in items:
-            child = Stage(stage.head, stage)
             try:
                 proposal = self._propose(item if isinstance(item, Append) else Append(item), now)
-                if proposal.event_id not in found:
-                    found[proposal.event_id] = await store.find(proposal.event_id)
-                if proposal.stream_id not in streams:
-                    records = await store.read_stream(proposal.stream_id)
-                    state = reduce(fold, (r.event for r in records), None)
-                    streams[proposal.stream_id] = (len(records), state)
-                stage_batch(
-                    [proposal],
-                    child,
-                    find=found.__getitem__,
-                    stream=streams.__getitem__,
-                    rules=fold,
-                    now=now,
-                )
             except LedgerError as refused:
                 answers.append(refused)
                 continue
-            child.merge_into_parent()
+            proposed.append((len(answers), proposal))
             answers.append(None)
+            if proposal.event_id not in found:
+                found[proposal.event_id] = await store.find(proposal.event_id)
+            if proposal.stream_id not in streams:
+                records = await store.read_stream(proposal.stream_id)
+                state = reduce(fold, (r.event for r in records), None)
+                streams[proposal.stream_id] = (len(records), state)
+        outcomes = stage_each(
+            [[proposal] for _, proposal in proposed],
+            Stage(await store.head()),
+            find=found.__getitem__,
+            stream=streams.__getitem__,
+            rules=fold,
+            now=now,
+        )
+        for (index, _), outcome in zip(proposed, outcomes, strict=True):
+            if isinstance(outcome, LedgerError):
+                answers[index] = outcome
         return answers
 
     def _propose(self, item: Append, now: dt.datetime) -> Proposal:

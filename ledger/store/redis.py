@@ -80,7 +80,7 @@ from ledger.logs import get_logger
 from ledger.readmodel import LocalReadModel
 from ledger.record import Record
 from ledger.store.protocol import Checkpoint, Clock, Head, Proposal, Rules
-from ledger.store.staging import Row, Stage, stage_batch
+from ledger.store.staging import Row, Stage, stage_each
 from ledger.trade import StreamState
 
 __all__ = ["RedisStore"]
@@ -733,7 +733,14 @@ class RedisStore:
         checked_ids: set[str] = set()
         while True:
             stage = Stage(self._head)
-            outcomes = self._stage_all(group, stage, known)
+            outcomes = stage_each(
+                [request.batch for request in group],
+                stage,
+                find=known.get,
+                stream=streams.__getitem__,
+                rules=self.rules,
+                now=self.clock(),
+            )
             if all(type(outcome) is list for outcome in outcomes):
                 break
             refused = [
@@ -779,29 +786,6 @@ class RedisStore:
                 f"{self.url}: staging the append took longer than {self.timeout}s; "
                 "nothing was written"
             )
-
-    def _stage_all(
-        self, group: list[_Request], stage: Stage, known: dict[str, Record]
-    ) -> list[list[Record] | LedgerError]:
-        now = self.clock()
-        outcomes: list[list[Record] | LedgerError] = []
-        for request in group:
-            child = Stage(stage.head, stage)
-            try:
-                records = stage_batch(
-                    request.batch,
-                    child,
-                    find=known.get,
-                    stream=self._streams.__getitem__,
-                    rules=self.rules,
-                    now=now,
-                )
-            except LedgerError as refused:
-                outcomes.append(refused)
-                continue
-            child.merge_into_parent()
-            outcomes.append(records)
-        return outcomes
 
     async def _send(self, new: list[Row], *, confirm: bool) -> int:
         """Run the script on the ``new`` rows (and ``WAIT`` with ``confirm``); the replicas

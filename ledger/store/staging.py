@@ -17,12 +17,12 @@ from typing import Any
 
 from ledger.chain import stored_hash, timestamp
 from ledger.codec import decode_event
-from ledger.errors import ConcurrencyError, IdempotencyConflict
+from ledger.errors import ConcurrencyError, IdempotencyConflict, LedgerError
 from ledger.record import Record
 from ledger.store.protocol import Head, Proposal, Rules
 from ledger.trade import StreamState
 
-__all__ = ["Row", "Stage", "make_record", "same_payload", "stage_batch"]
+__all__ = ["Row", "Stage", "make_record", "same_payload", "stage_batch", "stage_each"]
 
 Row = tuple[Any, ...]
 """A record's twelve stored columns, in the order of the record's fields, times as text."""
@@ -108,6 +108,30 @@ def stage_batch(
         stage.rows.append(row)
         records.append(record)
     return records
+
+
+def stage_each(
+    batches: Sequence[Sequence[Proposal]],
+    stage: Stage,
+    *,
+    find: Callable[[str], Record | None],
+    stream: Callable[[str], tuple[int, StreamState]],
+    rules: Rules,
+    now: dt.datetime,
+) -> list[list[Record] | LedgerError]:
+    """Stage each batch on its own child of ``stage``: its records, or its refusal, which
+    leaves ``stage`` as it was (one batch's refusal never touches the others)."""
+    outcomes: list[list[Record] | LedgerError] = []
+    for batch in batches:
+        child = Stage(stage.head, stage)
+        try:
+            records = stage_batch(batch, child, find=find, stream=stream, rules=rules, now=now)
+        except LedgerError as refused:
+            outcomes.append(refused)
+            continue
+        child.merge_into_parent()
+        outcomes.append(records)
+    return outcomes
 
 
 def make_record(
