@@ -18,6 +18,7 @@ import collections
 import contextlib
 import datetime as dt
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -196,6 +197,58 @@ def _settle_group(outcomes: list[tuple[asyncio.Future[Any], Any]], appended: asy
     appended.set()
 
 
+class _Answers:
+    """Committed groups' outcomes, handed from the writer thread to the event loop.
+
+    The writer queues a group's outcomes and counts up an eventfd that the loop
+    watches; one read on the loop settles every group queued. Through
+    ``call_soon_threadsafe`` each answer cost a handle and two reads of the
+    loop's self-pipe, the second one failing: a tenth of a single producer's
+    append (scripts/bench_append.py). A loop that cannot watch a file
+    descriptor, or a system without eventfd, gets ``call_soon_threadsafe``.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, appended: asyncio.Event) -> None:
+        self.loop = loop
+        self.appended = appended
+        self.queued: collections.deque[list[tuple[asyncio.Future[Any], Any]]] = collections.deque()
+        self.fd: int | None = None
+        if not hasattr(os, "eventfd"):
+            return
+        fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        try:
+            loop.add_reader(fd, self.settle)
+        except NotImplementedError:
+            os.close(fd)
+            return
+        self.fd = fd
+
+    def send(self, outcomes: list[tuple[asyncio.Future[Any], Any]]) -> None:
+        """Queue a group's answers and wake the loop (on the writer thread)."""
+        if self.fd is None:
+            self.loop.call_soon_threadsafe(_settle_group, outcomes, self.appended)
+            return
+        self.queued.append(outcomes)
+        os.eventfd_write(self.fd, 1)
+
+    def settle(self) -> None:
+        """Settle every group queued (on the loop's thread)."""
+        if self.fd is not None:
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_read(self.fd)
+        queued = self.queued
+        while queued:
+            _settle_group(queued.popleft(), self.appended)
+
+    def close(self) -> None:
+        """Settle what is left and stop watching; the writer has stopped sending."""
+        self.settle()
+        if self.fd is not None:
+            self.loop.remove_reader(self.fd)
+            os.close(self.fd)
+            self.fd = None
+
+
 class _Duplicate(Exception):
     """An event id taken for new is in the log already: redo the group, looking ids up."""
 
@@ -256,8 +309,12 @@ class _Writer:
     def __init__(self, store: SqliteStore, conn: sqlite3.Connection) -> None:
         self.store = store
         self.conn = conn
-        self.lock = threading.Condition()
-        self.queue: collections.deque[_Request] = collections.deque()
+        # Callers hand requests over through a SimpleQueue, whose blocking get wakes the
+        # writer in C with the request in hand (a Condition wakes it in Python, takes
+        # its lock again, then looks); None tells the writer to stop.
+        self.inbox: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self.carried: collections.deque[_Request] = collections.deque()  # writer thread only
+        self.lock = threading.Lock()  # request states, set by the writer and by cancelling callers
         self.stopping = False
         self.head = Head(0, GENESIS, None)
         self.streams: collections.OrderedDict[str, tuple[int, StreamState]] = (
@@ -276,11 +333,9 @@ class _Writer:
         )
 
     def submit(self, request: _Request) -> None:
-        with self.lock:
-            if self.stopping:
-                raise LedgerClosed("the ledger is closed")
-            self.queue.append(request)
-            self.lock.notify()
+        if self.stopping:
+            raise LedgerClosed("the ledger is closed")
+        self.inbox.put(request)
 
     def cancel(self, request: _Request) -> bool:
         """Withdraw a request the writer has not started; False once it has."""
@@ -291,9 +346,12 @@ class _Writer:
             return request.state == _CANCELLED
 
     def stop(self) -> None:
-        with self.lock:
-            self.stopping = True
-            self.lock.notify()
+        """Commit what was submitted before, then end (submit and stop run on the loop's thread)."""
+        self.stopping = True
+        self.inbox.put(None)
+
+    def waiting(self) -> bool:
+        return bool(self.carried) or not self.inbox.empty()
 
     def release(self) -> None:
         """Send the held answers of the last committed group."""
@@ -302,31 +360,12 @@ class _Writer:
             self.store.answer([(request.future, request.outcome) for request in held])
 
     def run(self) -> None:
-        while True:
-            with self.lock:
-                idle = not self.queue
-            if idle:
+        stopped = False
+        while not stopped:
+            if not self.waiting():
                 self.release()  # nothing to stage: answer now
-            with self.lock:
-                while not self.queue and not self.stopping:
-                    self.lock.wait()
-                if not self.queue:
-                    break
-                group: list[_Request] = []
-                events = 0
-                while self.queue and events < _MAX_GROUP_EVENTS:
-                    request = self.queue[0]
-                    if request.state == _CANCELLED:
-                        self.queue.popleft()
-                        continue
-                    if request.work is not None and group:
-                        break
-                    self.queue.popleft()
-                    group.append(request)
-                    events += len(request.batch)
-                    if request.work is not None:
-                        break
-            if not group:  # every queued caller gave up before its turn
+            group, stopped = self.take()
+            if not group:  # every caller taken gave up before its turn
                 continue
             try:
                 if group[0].work is not None:
@@ -338,6 +377,27 @@ class _Writer:
                 self.unexpected(group, e)
         self.release()
         self.conn.close()
+
+    def take(self) -> tuple[list[_Request], bool]:
+        """Wait for the next request and take the appends behind it, up to a group's worth,
+        or one piece of work alone; and whether the writer was told to stop."""
+        group: list[_Request] = []
+        events = 0
+        request = self.carried.popleft() if self.carried else self.inbox.get()
+        while request is not None:
+            if request.state != _CANCELLED:  # begin() looks again, under the lock
+                if request.work is not None or events >= _MAX_GROUP_EVENTS:
+                    if group:
+                        self.carried.append(request)  # it starts the next group
+                        return group, False
+                    return [request], False
+                group.append(request)
+                events += len(request.batch)
+            try:
+                request = self.inbox.get_nowait()
+            except queue.Empty:
+                return group, False
+        return group, True
 
     def unexpected(self, group: list[_Request], cause: Exception) -> None:
         """Answer a group that failed in a way the writer did not foresee, and carry on."""
@@ -488,9 +548,8 @@ class _Writer:
         with self.lock:
             for request, outcome in zip(live, outcomes, strict=True):
                 request.outcome, request.state = outcome, _ANSWERED
-            more = bool(self.queue)
         self.held = live
-        if not more:
+        if not self.waiting():
             self.release()
         for stream_id, entry in stage.streams.items():
             self.remember(stream_id, entry)
@@ -640,6 +699,7 @@ class SqliteStore:
         self._reader: aiosqlite.Connection | None = None
         self._pages: sqlite3.Connection | None = None
         self._appended: asyncio.Event | None = None
+        self._answers: _Answers | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
@@ -651,6 +711,7 @@ class SqliteStore:
         self._loop = asyncio.get_running_loop()
         self._appended = asyncio.Event()
         conn = await asyncio.wait_for(asyncio.to_thread(self._connect), self.timeout + 1)
+        self._answers = _Answers(self._loop, self._appended)
         self._writer = _Writer(self, conn)
         self._writer.thread.start()
         try:
@@ -710,6 +771,8 @@ class SqliteStore:
         if self._writer is not None:
             self._writer.stop()
             await asyncio.to_thread(self._writer.thread.join)
+        if self._answers is not None:
+            self._answers.close()
         if self._reader is not None:
             await self._reader.close()
         if self._pages is not None:
@@ -719,8 +782,8 @@ class SqliteStore:
 
     def answer(self, outcomes: list[tuple[asyncio.Future[Any], Any]]) -> None:
         """Settle a committed group's callers and wake subscribers (from the writer thread)."""
-        if self._loop is not None and self._appended is not None:
-            self._loop.call_soon_threadsafe(_settle_group, outcomes, self._appended)
+        if self._answers is not None:
+            self._answers.send(outcomes)
 
     def _live(self) -> tuple[_Writer, aiosqlite.Connection]:
         if self._closed or self._writer is None or self._reader is None:

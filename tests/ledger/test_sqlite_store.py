@@ -426,6 +426,51 @@ def test_four_processes_appending_to_one_file_lose_and_duplicate_nothing(sqlite_
     }
 
 
+class _LoopWithoutReaders(asyncio.SelectorEventLoop):
+    """A real event loop that cannot watch file descriptors (as on Windows' proactor)."""
+
+    def add_reader(self, *args: Any) -> None:
+        raise NotImplementedError
+
+
+def test_a_loop_that_cannot_watch_descriptors_still_gets_every_answer(sqlite_url: str) -> None:
+    """Answers then go through call_soon_threadsafe: one producer and 16 at once all hear back."""
+
+    async def body() -> list[Record]:
+        async with open_ledger(sqlite_url) as book:
+            one = [await book.record(opened(f"a{n}")) for n in range(5)]
+            many = await asyncio.gather(*(book.record(opened(f"b{n}")) for n in range(16)))
+            return [*one, *many]
+
+    loop = _LoopWithoutReaders()
+    try:
+        records = loop.run_until_complete(body())
+    finally:
+        loop.close()
+    assert sorted(r.position for r in records) == list(range(1, 22))
+
+
+def test_opening_and_closing_a_ledger_leaves_no_descriptor_open(sqlite_url: str) -> None:
+    """The writer's answer channel (an eventfd the loop watches) is closed with the ledger."""
+
+    async def cycle() -> None:
+        async with open_ledger(sqlite_url) as book:
+            for n in range(3):
+                await book.record(stop_moved("t", stop_price=Decimal(90 + n)))
+
+    async def body() -> tuple[int, int]:
+        async with open_ledger(sqlite_url) as book:
+            await book.record(opened("t"))
+        await cycle()  # the loop's own descriptors (default executor) exist from here on
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(10):
+            await cycle()
+        return before, len(os.listdir("/proc/self/fd"))
+
+    before, after = asyncio.run(body())
+    assert after == before
+
+
 # Integrity
 
 
