@@ -95,6 +95,7 @@ _NAMES = Record.__struct_fields__  # the stored columns are the record's fields
 _COLUMNS = ", ".join(_NAMES)
 _HOLD_MAX_EVENTS = 1000  # a bigger next group stages too long to hold answers over it
 _SELECT = f"SELECT {_COLUMNS} FROM records"
+_INSERT_ONE = f"INSERT INTO records ({_COLUMNS}) VALUES ({', '.join('?' * len(_NAMES))})"
 
 # SQLite result codes after which a failed COMMIT certainly wrote nothing.
 # Not SQLITE_NOMEM: it can strike after the commit frame is written and synced.
@@ -393,10 +394,9 @@ class _Writer:
                     return [request], False
                 group.append(request)
                 events += len(request.batch)
-            try:
-                request = self.inbox.get_nowait()
-            except queue.Empty:
+            if self.inbox.empty():  # only this thread takes from the inbox
                 return group, False
+            request = self.inbox.get_nowait()
         return group, True
 
     def unexpected(self, group: list[_Request], cause: Exception) -> None:
@@ -663,7 +663,10 @@ class _Writer:
         """Insert a group's staged rows; an event id taken for new that the log holds
         fails on its UNIQUE constraint, which redoes the group with lookups (see apply)."""
         try:
-            insert_rows(self.conn, "records", _NAMES, rows, verb="INSERT")
+            if len(rows) == 1:  # a lone append (one producer): no statement text to build
+                self.conn.execute(_INSERT_ONE, rows[0])
+            else:
+                insert_rows(self.conn, "records", _NAMES, rows, verb="INSERT")
         except sqlite3.IntegrityError as e:
             if look_up:
                 raise
