@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import logging
+import os
+import queue
 import random
 import sqlite3
 import statistics
@@ -194,43 +197,48 @@ def bench_sqlite3(path: Path, source: Path) -> Result:
 
 
 async def bench_handoff(path: Path, source: Path) -> Result:
-    """c's rows, each awaited by one asyncio producer while a thread commits it."""
+    """c's rows, each awaited by one asyncio producer while a thread commits it; handed
+    over as the store's writer does it: a SimpleQueue in, an eventfd the loop watches out."""
     rows = stored_rows(source)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.executescript(SCHEMA)
     loop = asyncio.get_running_loop()
-    ready = threading.Condition()
-    waiting: list[tuple[Any, asyncio.Future[None]]] = []
+    inbox: queue.SimpleQueue[tuple[Any, asyncio.Future[None]] | None] = queue.SimpleQueue()
+    done: collections.deque[asyncio.Future[None]] = collections.deque()
+    doorbell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    def answer() -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(doorbell)
+        while done:
+            done.popleft().set_result(None)
 
     def writer() -> None:
-        while True:
-            with ready:
-                while not waiting:
-                    ready.wait()
-                values, future = waiting.pop()
-            if values is None:
-                return
+        while (item := inbox.get()) is not None:
+            values, future = item
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(INSERT, values)
             conn.execute("COMMIT")
-            loop.call_soon_threadsafe(future.set_result, None)
+            done.append(future)
+            os.eventfd_write(doorbell, 1)
 
+    loop.add_reader(doorbell, answer)
     thread = threading.Thread(target=writer)
     thread.start()
 
     async def append(values: Any) -> None:
         future = loop.create_future()
-        with ready:
-            waiting.append((values, future))
-            ready.notify()
+        inbox.put((values, future))
         await future
 
-    seconds, latencies = await drive([rows], append)
-    with ready:
-        waiting.append((None, loop.create_future()))
-        ready.notify()
-    thread.join()
-    conn.close()
+    try:
+        seconds, latencies = await drive([rows], append)
+    finally:
+        inbox.put(None)
+        thread.join()
+        loop.remove_reader(doorbell)
+        os.close(doorbell)
+        conn.close()
     return result("e thread hand-off floor", 1, seconds, len(rows), latencies)
 
 
