@@ -241,6 +241,77 @@ def test_a_big_next_group_does_not_hold_the_last_groups_answers(
     assert a.position == 1 and [r.position for r in b] == list(range(2, 1003))
 
 
+def test_appends_queued_past_a_groups_cap_wait_for_the_next_group(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group takes queued appends until it holds 4,096 events or more: behind a stalled
+    commit, five batches of 1,000 share one commit (one recorded_at), the sixth the next."""
+    monkeypatch.setenv(ENV, "after_begin=sleep:0.5@1")
+
+    async def body() -> list[list[Record]]:
+        async with open_ledger(sqlite_url) as book:
+            first = asyncio.ensure_future(book.record(opened("first")))
+            await asyncio.sleep(0.1)
+            batches = await asyncio.gather(
+                *(book.record_batch([opened(f"b{b}-{n}") for n in range(1000)]) for b in range(6))
+            )
+            return [[await first], *batches]
+
+    first, *batches = asyncio.run(body())
+    assert [r.position for batch in [first, *batches] for r in batch] == list(range(1, 6002))
+    assert len({r.recorded_at for batch in batches[:5] for r in batch}) == 1
+    assert batches[5][0].recorded_at > batches[4][0].recorded_at
+
+
+def test_work_queued_between_appends_runs_alone_in_its_turn(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind a stalled commit: two appends, a piece of work, two appends. The work runs
+    after the first two are committed (in one group) and before the last two."""
+    monkeypatch.setenv(ENV, "after_begin=sleep:0.5@1")
+
+    def count(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT count(*) FROM records").fetchone()[0])
+
+    async def body() -> tuple[list[Record], int]:
+        async with open_ledger(sqlite_url) as book:
+            first = asyncio.ensure_future(book.record(opened("first")))
+            await asyncio.sleep(0.1)
+            before = [asyncio.ensure_future(book.record(opened(f"a{n}"))) for n in range(2)]
+            work = asyncio.ensure_future(book.store.transact(count))
+            after = [asyncio.ensure_future(book.record(opened(f"c{n}"))) for n in range(2)]
+            records = [await first, *[await t for t in before + after]]
+            return records, await work
+
+    records, counted = asyncio.run(body())
+    assert counted == 3
+    assert [r.position for r in records] == [1, 2, 3, 4, 5]
+    assert records[1].recorded_at == records[2].recorded_at < records[3].recorded_at
+    assert records[3].recorded_at == records[4].recorded_at
+
+
+def test_a_caller_cancelled_while_its_append_waits_its_turn_is_never_written(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled before the writer takes it, an append is dropped; the one behind it lands."""
+    monkeypatch.setenv(ENV, "after_begin=sleep:0.5@1")
+
+    async def body() -> list[str]:
+        async with open_ledger(sqlite_url) as book:
+            first = asyncio.ensure_future(book.record(opened("first")))
+            await asyncio.sleep(0.1)
+            dropped = asyncio.ensure_future(book.record(opened("dropped")))
+            kept = asyncio.ensure_future(book.record(opened("kept")))
+            await asyncio.sleep(0.05)
+            dropped.cancel()
+            await first, await kept
+            with pytest.raises(asyncio.CancelledError):
+                await dropped
+            return [r.stream_id async for r in book.store.read()]
+
+    assert asyncio.run(body()) == ["trade-first", "trade-kept"]
+
+
 def test_a_sqlite_built_to_bind_999_parameters_still_takes_big_groups_and_views(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
