@@ -11,9 +11,10 @@ empty dict. The value is a comma-separated list of ``name=action``:
 
 Points: ``after_begin`` (the write transaction has begun), ``after_insert``
 (a group's records are inserted, not committed), ``before_commit``,
-``after_commit`` (committed, the caller not yet told), ``checkpoint_write``
-(inside the checkpoint's transaction), ``spool_drain`` (a spooled batch is
-about to be forwarded). A store without transactions (Redis) passes only
+``after_commit`` (committed, the caller not yet told), ``after_answer``
+(SQLite: each caller's outcome is settled, its answer sent or held for the
+next group), ``checkpoint_write`` (inside the checkpoint's transaction),
+``spool_drain`` (a spooled batch is about to be forwarded). A store without transactions (Redis) passes only
 ``before_commit``, ``after_commit`` and ``checkpoint_write``.
 
     TRADELEDGER_FAILPOINTS="after_insert=kill@7,before_commit=sleep:0.5@3" python bot.py
@@ -32,6 +33,7 @@ POINTS = frozenset(
         "after_insert",
         "before_commit",
         "after_commit",
+        "after_answer",
         "checkpoint_write",
         "spool_drain",
     }

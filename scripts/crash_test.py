@@ -85,7 +85,14 @@ from replay.verify import verify  # noqa: E402
 from tests.lifecycles import T0, random_lifecycle  # noqa: E402
 from tests.servers import RedisServer  # noqa: E402
 
-SQLITE_POINTS = ("after_begin", "after_insert", "before_commit", "after_commit", "checkpoint_write")
+SQLITE_POINTS = (
+    "after_begin",
+    "after_insert",
+    "before_commit",
+    "after_commit",
+    "after_answer",
+    "checkpoint_write",
+)
 REDIS_POINTS = ("before_commit", "after_commit", "checkpoint_write")
 EVERYTHING = 10_000_000
 ROUND_SECONDS = 30.0

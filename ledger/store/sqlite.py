@@ -178,9 +178,6 @@ class _Request:
         self.state = _QUEUED
         self.outcome: Any = None  # set with state _ANSWERED once the group is committed
 
-    def settle(self, outcome: Any) -> None:
-        self.loop.call_soon_threadsafe(_settle, self.future, outcome)
-
 
 def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
     if future.done():
@@ -238,8 +235,12 @@ class _Answers:
             with contextlib.suppress(BlockingIOError):
                 os.eventfd_read(self.fd)
         queued = self.queued
-        while queued:
-            _settle_group(queued.popleft(), self.appended)
+        try:
+            while queued:
+                _settle_group(queued.popleft(), self.appended)
+        finally:
+            if queued and self.fd is not None:  # one raised: the rest on the loop's next turn
+                os.eventfd_write(self.fd, 1)
 
     def close(self) -> None:
         """Settle what is left and stop watching; the writer has stopped sending."""
@@ -400,8 +401,12 @@ class _Writer:
         return group, True
 
     def unexpected(self, group: list[_Request], cause: Exception) -> None:
-        """Answer a group that failed in a way the writer did not foresee, and carry on."""
+        """Answer a group that failed in a way the writer did not foresee, and carry on;
+        a caller answered already (the group committed, the failure came after) keeps
+        its answer."""
         self.release()
+        with self.lock:
+            group = [request for request in group if request.state != _ANSWERED]
         open_transaction = self.conn.in_transaction
         self.rollback()
         self.head = Head(-1, GENESIS, None)  # unknown: reload before the next write
@@ -471,9 +476,9 @@ class _Writer:
                 return
             except BaseException as e:
                 self.rollback()
-                request.settle(e)
+                self.store.answer([(request.future, e)])
                 return
-            request.settle(result)
+            self.store.answer([(request.future, result)])
         finally:
             if not request.durable:
                 self.rollback()  # SQLite refuses the pragma inside a transaction
@@ -551,6 +556,7 @@ class _Writer:
         self.held = live
         if not self.waiting():
             self.release()
+        failpoints.hit("after_answer")
         for stream_id, entry in stage.streams.items():
             self.remember(stream_id, entry)
         self.log.debug(
@@ -570,8 +576,7 @@ class _Writer:
             error=str(cause),
             requests=len(requests),
         )
-        for request in requests:
-            request.settle(error)
+        self.store.answer([(request.future, error) for request in requests])
 
     def rollback(self) -> None:
         try:
@@ -802,6 +807,10 @@ class SqliteStore:
         return result
 
     async def _submit(self, writer: _Writer, request: _Request) -> Any:
+        if request.loop is not self._loop:  # the answers and the timer live on that loop
+            raise LedgerClosed(
+                "this ledger was opened in another event loop; open it in the loop that uses it"
+            )
         writer.submit(request)
         writer.deadlines.add(request.loop, request.future, self.timeout)
         try:

@@ -79,7 +79,8 @@ def test_every_named_point_accepts_every_action() -> None:
 
 
 def test_the_issue_names_a_point_for_every_stage_of_the_write_path() -> None:
-    """The points are exactly begin, insert, before and after commit, checkpoint write and spool drain."""
+    """The points are exactly begin, insert, before and after commit, after the answer,
+    checkpoint write and spool drain."""
     assert (
         frozenset(
             {
@@ -87,6 +88,7 @@ def test_the_issue_names_a_point_for_every_stage_of_the_write_path() -> None:
                 "after_insert",
                 "before_commit",
                 "after_commit",
+                "after_answer",
                 "checkpoint_write",
                 "spool_drain",
             }

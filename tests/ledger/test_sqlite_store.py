@@ -273,18 +273,22 @@ def test_work_queued_between_appends_runs_alone_in_its_turn(
     def count(conn: sqlite3.Connection) -> int:
         return int(conn.execute("SELECT count(*) FROM records").fetchone()[0])
 
-    async def body() -> tuple[list[Record], int]:
+    async def body() -> tuple[list[Record], int, list[str]]:
+        heard: list[str] = []
         async with open_ledger(sqlite_url) as book:
             first = asyncio.ensure_future(book.record(opened("first")))
             await asyncio.sleep(0.1)
             before = [asyncio.ensure_future(book.record(opened(f"a{n}"))) for n in range(2)]
             work = asyncio.ensure_future(book.store.transact(count))
             after = [asyncio.ensure_future(book.record(opened(f"c{n}"))) for n in range(2)]
+            for name, task in [("a0", before[0]), ("a1", before[1]), ("work", work)]:
+                task.add_done_callback(lambda _, name=name: heard.append(name))
             records = [await first, *[await t for t in before + after]]
-            return records, await work
+            return records, await work, heard
 
-    records, counted = asyncio.run(body())
+    records, counted, heard = asyncio.run(body())
     assert counted == 3
+    assert heard == ["a0", "a1", "work"]  # callers hear back in the order they were served
     assert [r.position for r in records] == [1, 2, 3, 4, 5]
     assert records[1].recorded_at == records[2].recorded_at < records[3].recorded_at
     assert records[3].recorded_at == records[4].recorded_at
@@ -310,6 +314,46 @@ def test_a_caller_cancelled_while_its_append_waits_its_turn_is_never_written(
             return [r.stream_id async for r in book.store.read()]
 
     assert asyncio.run(body()) == ["trade-first", "trade-kept"]
+
+
+def test_a_fault_after_a_group_is_answered_leaves_its_callers_their_records(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error the writer did not foresee, after the group committed and its outcomes
+    were settled, is logged; the caller still gets its record, not OutcomeUnknown, and
+    the writer carries on."""
+    monkeypatch.setenv(ENV, "after_answer=error@2")
+
+    async def body() -> tuple[Record, list[str]]:
+        async with open_ledger(sqlite_url) as book:
+            await book.record(opened("a"))
+            b = await book.record(opened("b"))
+            await book.record(opened("c"))
+            return b, [r.stream_id async for r in book.store.read()]
+
+    b, logged = asyncio.run(body())
+    assert (b.position, b.stream_id) == (2, "trade-b")
+    assert logged == ["trade-a", "trade-b", "trade-c"]
+
+
+def test_a_ledger_used_from_another_event_loop_is_refused_at_once(sqlite_url: str) -> None:
+    """Its writer answers, and its waits are timed, on the loop it was opened in: a call
+    from another loop is refused with LedgerClosed and writes nothing, instead of waiting
+    for an answer that never comes."""
+    home = asyncio.new_event_loop()
+    book = home.run_until_complete(open_ledger(sqlite_url))
+    try:
+        home.run_until_complete(book.record(opened("a")))
+
+        async def elsewhere() -> None:
+            with pytest.raises(LedgerClosed, match="another event loop"):
+                await asyncio.wait_for(book.record(opened("b")), 5)  # never a hang
+
+        asyncio.run(elsewhere())
+    finally:
+        home.run_until_complete(book.aclose())
+        home.close()
+    assert [r.stream_id for r in read_all(sqlite_url)] == ["trade-a"]
 
 
 def test_a_sqlite_built_to_bind_999_parameters_still_takes_big_groups_and_views(
