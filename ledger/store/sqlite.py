@@ -189,14 +189,14 @@ def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
 
 
 def _settle_group(outcomes: list[tuple[asyncio.Future[Any], Any]], appended: asyncio.Event) -> None:
-    """Answer a whole committed group in one wake-up of the event loop."""
+    """Answer a whole group (or one caller) in one wake-up of the event loop."""
     for future, outcome in outcomes:
         _settle(future, outcome)
     appended.set()
 
 
 class _Answers:
-    """Committed groups' outcomes, handed from the writer thread to the event loop.
+    """Every answer of the writer thread, handed to the event loop in the order sent.
 
     The writer queues a group's outcomes and counts up an eventfd that the loop
     watches; one read on the loop settles every group queued. Through
@@ -789,7 +789,8 @@ class SqliteStore:
             self._appended.set()
 
     def answer(self, outcomes: list[tuple[asyncio.Future[Any], Any]]) -> None:
-        """Settle a committed group's callers and wake subscribers (from the writer thread)."""
+        """Settle callers, in the order the writer served them, and wake subscribers (from
+        the writer thread): a group's records or refusals, a failure, a piece of work's result."""
         if self._answers is not None:
             self._answers.send(outcomes)
 
