@@ -76,7 +76,7 @@ from ledger import (  # noqa: E402
 )
 from ledger.codec import encode_data, encode_metadata  # noqa: E402
 from ledger.events import validate  # noqa: E402
-from ledger.failpoints import ENV  # noqa: E402
+from ledger.failpoints import ENV, POINTS  # noqa: E402
 from ledger.record import Record  # noqa: E402
 from projections import OpenPositions, Parameters, Performance, Pnl, Signals, TradeHistory  # noqa: E402
 from projections.grouping import GROUPS  # noqa: E402
@@ -85,14 +85,7 @@ from replay.verify import verify  # noqa: E402
 from tests.lifecycles import T0, random_lifecycle  # noqa: E402
 from tests.servers import RedisServer  # noqa: E402
 
-SQLITE_POINTS = (
-    "after_begin",
-    "after_insert",
-    "before_commit",
-    "after_commit",
-    "after_answer",
-    "checkpoint_write",
-)
+SQLITE_POINTS = tuple(sorted(POINTS - {"spool_drain"}))  # spool_drain: the spool's own rounds
 REDIS_POINTS = ("before_commit", "after_commit", "checkpoint_write")
 EVERYTHING = 10_000_000
 ROUND_SECONDS = 30.0
