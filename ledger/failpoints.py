@@ -14,8 +14,9 @@ Points: ``after_begin`` (the write transaction has begun), ``after_insert``
 ``after_commit`` (committed, the caller not yet told), ``after_answer``
 (SQLite: each caller's outcome is settled, its answer sent or held for the
 next group), ``checkpoint_write`` (inside the checkpoint's transaction),
-``spool_drain`` (a spooled batch is about to be forwarded). A store without transactions (Redis) passes only
-``before_commit``, ``after_commit`` and ``checkpoint_write``.
+``spool_drain`` (a spooled batch is about to be forwarded). A store without
+transactions (Redis) passes only ``before_commit``, ``after_commit`` and
+``checkpoint_write``.
 
     TRADELEDGER_FAILPOINTS="after_insert=kill@7,before_commit=sleep:0.5@3" python bot.py
 """
