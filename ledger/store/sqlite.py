@@ -43,7 +43,7 @@ from ledger.logs import get_logger
 from ledger.projection import insert_rows
 from ledger.record import Record
 from ledger.store.protocol import Checkpoint, Clock, Head, Proposal, Rules
-from ledger.store.staging import Row, Stage, stage_batch
+from ledger.store.staging import Row, Stage, stage_each
 from ledger.trade import StreamState
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteStore"]
@@ -256,7 +256,7 @@ class _Duplicate(Exception):
 
 
 def _assume_new(event_id: str) -> None:
-    """The optimistic lookup: no event id is in the log (see ``_Writer.apply``)."""
+    """The optimistic lookup: no event id is in the log (see ``_Writer.stage``)."""
     return None
 
 
@@ -486,7 +486,7 @@ class _Writer:
 
     def commit_group(self, group: list[_Request], *, look_up: bool = False) -> None:
         """Commit one group; ``look_up`` checks every event id against the log up front
-        (see :meth:`apply`)."""
+        (see :meth:`stage`)."""
         started = time.perf_counter()
         if sum(len(r.batch) for r in group) > _HOLD_MAX_EVENTS:
             self.release()  # the held answers would wait for all of its staging
@@ -497,24 +497,10 @@ class _Writer:
             self.rollback()
             return
         failpoints = self.store.failpoints
-        outcomes: list[list[Record] | LedgerError] = []
         try:
             failpoints.hit("after_begin")
             self.sync()
-            stage = Stage(self.head)
-            now = self.store.clock()
-            # Each caller's batch is staged on its own child stage, which a refusal
-            # discards: the rules are checked in memory, so the group's rows go in
-            # with one statement per 500 (every statement hands the GIL away and
-            # back, and waits its turn while the event loop validates more appends).
-            for request in live:
-                try:
-                    records, child = self.apply(request.batch, stage, now, look_up=look_up)
-                except LedgerError as refused:
-                    outcomes.append(refused)
-                    continue
-                child.merge_into_parent()
-                outcomes.append(records)
+            stage, outcomes = self.stage([request.batch for request in live], look_up=look_up)
             self.insert(stage.rows, look_up=look_up)
             failpoints.hit("before_commit")
         except _Duplicate:
@@ -635,38 +621,33 @@ class _Writer:
         row = self.conn.execute(f"{_SELECT} WHERE event_id = ?", (event_id,)).fetchone()
         return None if row is None else _record(row)
 
-    def apply(
-        self, batch: Sequence[Proposal], parent: Stage, now: dt.datetime, *, look_up: bool
-    ) -> tuple[list[Record], Stage]:
-        """Stage one caller's batch on a child of ``parent`` and insert it; raises its refusal.
+    def stage(
+        self, batches: list[Sequence[Proposal]], *, look_up: bool
+    ) -> tuple[Stage, list[list[Record] | LedgerError]]:
+        """Stage each caller's batch on its own child stage (``stage_each``): the rules are
+        checked in memory, so a refusal discards only its batch, and the group's rows go
+        in with one statement per 500 (each statement hands the GIL away and back).
 
         Unless ``look_up``, every event id is first taken for new, which spares a
-        query per event: a refusal is believed only once the batch is staged again
+        query per event: a refusal is believed only once the group is staged again
         with every id looked up (so a retry is still recognized before any other
         rule), and an id the log already holds fails the INSERT on its UNIQUE
         constraint, which redoes the group with lookups (:class:`_Duplicate`).
         """
-        child = Stage(parent.head, parent)
-        stream, rules = self.stream, self.store.rules
-        try:
-            records = stage_batch(
-                batch,
-                child,
-                find=self.find if look_up else _assume_new,
-                stream=stream,
-                rules=rules,
-                now=now,
+        now, rules = self.store.clock(), self.store.rules
+        stage = Stage(self.head)
+        find = self.find if look_up else _assume_new
+        outcomes = stage_each(batches, stage, find=find, stream=self.stream, rules=rules, now=now)
+        if not look_up and any(isinstance(outcome, LedgerError) for outcome in outcomes):
+            stage = Stage(self.head)
+            outcomes = stage_each(
+                batches, stage, find=self.find, stream=self.stream, rules=rules, now=now
             )
-        except LedgerError:
-            if look_up:
-                raise
-            child = Stage(parent.head, parent)
-            records = stage_batch(batch, child, find=self.find, stream=stream, rules=rules, now=now)
-        return records, child
+        return stage, outcomes
 
     def insert(self, rows: Sequence[Row], *, look_up: bool) -> None:
         """Insert a group's staged rows; an event id taken for new that the log holds
-        fails on its UNIQUE constraint, which redoes the group with lookups (see apply)."""
+        fails on its UNIQUE constraint, which redoes the group with lookups (see stage)."""
         try:
             if len(rows) == 1:  # a lone append (one producer): no statement text to build
                 self.conn.execute(_INSERT_ONE, rows[0])
