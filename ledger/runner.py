@@ -518,8 +518,11 @@ class Runner:
             return
         async with self._lock:
             # a log shorter than its views' saved positions is evidence (verify reports
-            # it): refolding would overwrite the checkpoints that show it
-            stored = await self.read_model.transact(self._setup_tables, durable=False)
+            # it): refolding would overwrite the checkpoints that show it. No indexes:
+            # _reset_all drops them, and building one on a full table costs seconds.
+            stored = await self.read_model.transact(
+                lambda conn: self._setup_tables(conn, indexed=False), durable=False
+            )
             head = await self.store.head()
             _refuse_a_cut_tail(head.position, await self.store.load_checkpoints(), stored)
             await self._reset_all()
