@@ -321,10 +321,11 @@ class SpoolStore:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             _migrate(conn, self.path)
-        except BaseException as e:
+        except sqlite3.Error as e:
             conn.close()
-            if isinstance(e, sqlite3.Error):
-                raise StoreUnavailable(f"cannot open the spool {self.path}: {e}") from e
+            raise StoreUnavailable(f"cannot open the spool {self.path}: {e}") from e
+        except BaseException:  # IncompatibleStore from a newer schema, or an interrupt
+            conn.close()
             raise
         return conn
 
