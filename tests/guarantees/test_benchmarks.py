@@ -8,6 +8,7 @@ that each script measures every scenario it names and reports each ratio.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,21 @@ def test_bench_append_measures_every_scenario_and_its_ratios(tmp_path: Path) -> 
     assert scenarios == ["a", "b", "c", "d", "d", "e"]
     assert all(r["per_second"] > 0 and r["events"] == 500 for r in found["results"])
     assert set(found["ratios"]) == {"a/c", "b/c", "e/c"}
+    assert found["round_trip_us"] > 0
+
+
+def test_bench_append_runs_every_thread_on_the_one_cpu_it_is_given(tmp_path: Path) -> None:
+    cpu = max(os.sched_getaffinity(0))
+    found = trailing_json(bench("bench_append.py", "--dir", str(tmp_path), "--cpu", str(cpu)))
+    assert found["cpus"] == [cpu]
+    refused = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_append.py"), "--cpu", "100000"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 2 and "cannot run on CPU 100000" in refused.stderr
 
 
 def test_bench_redis_measures_every_scenario_and_both_ratios() -> None:
