@@ -140,8 +140,11 @@ class Ledger:
         return self
 
     async def aclose(self) -> None:
-        """Checkpoint the views and close the store; safe to call twice."""
+        """Checkpoint the views and close the store; safe to call twice. A close cut
+        short by a cancel goes on without its caller; calling again waits for it."""
         if self._state == "closed":
+            if self._store is not None:
+                await self._store.aclose()
             return
         self._state = "closing"
         try:

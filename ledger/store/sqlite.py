@@ -211,6 +211,7 @@ class _Answers:
         self.appended = appended
         self.queued: collections.deque[list[tuple[asyncio.Future[Any], Any]]] = collections.deque()
         self.fd: int | None = None
+        self.closed = False  # set on the loop's thread once nobody watches any more
         if not hasattr(os, "eventfd"):
             return
         fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -223,6 +224,8 @@ class _Answers:
 
     def send(self, outcomes: list[tuple[asyncio.Future[Any], Any]]) -> None:
         """Queue a group's answers and wake the loop (on the writer thread)."""
+        if self.closed:
+            return
         if self.fd is None:
             self.loop.call_soon_threadsafe(_settle_group, outcomes, self.appended)
             return
@@ -242,13 +245,16 @@ class _Answers:
             if queued and self.fd is not None:  # one raised: the rest on the loop's next turn
                 os.eventfd_write(self.fd, 1)
 
-    def close(self) -> None:
-        """Settle what is left and stop watching; the writer has stopped sending."""
+    def close(self, *, release: bool = True) -> None:
+        """Settle what is left and stop watching. ``release`` closes the descriptor: only
+        once the writer has stopped, for a number closed under it could name another file."""
         self.settle()
+        self.closed = True
         if self.fd is not None:
             self.loop.remove_reader(self.fd)
-            os.close(self.fd)
-            self.fd = None
+            if release:
+                os.close(self.fd)
+                self.fd = None
 
 
 class _Duplicate(Exception):
@@ -324,6 +330,10 @@ class _Writer:
         )
         self.verified: set[str] = set()
         self.data_version = -1
+        # The event ids of the last group of appends begun, kept until the next one
+        # begins: a retry withdrawn from the queue while they may be committing (or
+        # have just been) must not be told that nothing was written (see ``running``).
+        self.started: frozenset[str] = frozenset()
         # A committed group's requests, their answers held while the next group is
         # staged: sent just before that group's COMMIT, they wake the callers' event
         # loop while its fsync runs, not while the writer needs the GIL (see commit_group).
@@ -346,6 +356,12 @@ class _Writer:
                 request.state = _CANCELLED
                 return True
             return request.state == _CANCELLED
+
+    def running(self, request: _Request) -> bool:
+        """Whether the last group begun appends one of ``request``'s events: an earlier
+        attempt of the same event, which may be committing or committed."""
+        with self.lock:
+            return any(proposal.event_id in self.started for proposal in request.batch)
 
     def stop(self) -> None:
         """Commit what was submitted before, then end (submit and stop run on the loop's thread)."""
@@ -436,6 +452,8 @@ class _Writer:
             live = [r for r in group if r.state != _CANCELLED]
             for request in live:
                 request.state = _RUNNING
+            if live and live[0].work is None:
+                self.started = frozenset(p.event_id for r in live for p in r.batch)
         return live
 
     def begin_holding(self) -> None:
@@ -691,6 +709,7 @@ class SqliteStore:
         self._answers: _Answers | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._closing: asyncio.Future[None] | None = None
 
     # lifecycle
 
@@ -754,20 +773,37 @@ class SqliteStore:
         return conn
 
     async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._writer is not None:
-            self._writer.stop()
-            await asyncio.to_thread(self._writer.thread.join)
-        if self._answers is not None:
-            self._answers.close()
-        if self._reader is not None:
-            await self._reader.close()
-        if self._pages is not None:
-            self._pages.close()
-        if self._appended is not None:
-            self._appended.set()
+        """Let the writer commit what was submitted, then close; safe to call twice.
+        Cancelling a caller of ``aclose`` does not stop the closing."""
+        if self._closing is None:
+            self._closed = True
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        writer = self._writer
+        stopped = writer is None
+        try:
+            if writer is not None:
+                writer.stop()
+                # bounded like every wait: a writer stuck on a stalled disk is left to end
+                # on its own (the callers of what it holds have had their answers by now)
+                await asyncio.to_thread(writer.thread.join, self.timeout + 1)
+                stopped = not writer.thread.is_alive()
+                if not stopped:
+                    get_logger("tradeledger").error(
+                        "writer_stuck", store="sqlite", path=self.path, seconds=self.timeout + 1
+                    )
+        finally:
+            if self._answers is not None:
+                # a writer still running may answer yet: its descriptor stays open for it
+                self._answers.close(release=stopped)
+            if self._reader is not None:
+                await self._reader.close()
+            if self._pages is not None:
+                self._pages.close()
+            if self._appended is not None:
+                self._appended.set()
 
     def answer(self, outcomes: list[tuple[asyncio.Future[Any], Any]]) -> None:
         """Settle callers, in the order the writer served them, and wake subscribers (from
@@ -798,14 +834,20 @@ class SqliteStore:
         try:
             return await request.future
         except asyncio.CancelledError:
-            # a cancelled caller's append that has not started is withdrawn, so a caller
-            # that cancels never finds its event written behind its back; work (a view's
-            # table flush) always runs to the end, the runner counts on it
+            # a cancelled caller's append that has not started is withdrawn and never
+            # written; one already started may still land, which the caller cannot be
+            # told: as after OutcomeUnknown, a retry with the same event id is safe.
+            # Work (a view's table flush) always runs to the end, the runner counts on it.
             if request.work is None:
                 writer.cancel(request)
             raise
         except _Expired:
             if writer.cancel(request):
+                if writer.running(request):  # this call wrote nothing, an earlier one may have
+                    raise OutcomeUnknown(
+                        f"{self.path}: no answer within {self.timeout}s, and an earlier append "
+                        "of the same event is being written; retry with the same event_id"
+                    ) from None
                 raise StoreUnavailable(
                     f"{self.path}: the write did not start within {self.timeout}s; nothing was written"
                 ) from None

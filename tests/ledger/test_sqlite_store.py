@@ -10,6 +10,8 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
@@ -218,6 +220,95 @@ def test_a_caller_whose_wait_runs_out_while_its_answer_is_held_gets_its_record(
     assert isinstance(a, Record) and a.position == 1
     assert isinstance(b, OutcomeUnknown)
     assert [r.stream_id for r in stored] == ["trade-a", "trade-b"]
+
+
+def test_a_retry_withdrawn_while_the_first_attempt_commits_is_not_told_nothing_was_written(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first attempt stalls before its COMMIT past its 0.5 s wait (OutcomeUnknown); the
+    retry queues behind it and its own wait runs out before it starts. It wrote nothing,
+    but its event is being written: it hears OutcomeUnknown too, not StoreUnavailable.
+    Once the stall ends, a third attempt returns the one record."""
+    monkeypatch.setenv(ENV, "before_commit=sleep:2@1")
+
+    async def body() -> tuple[list[Any], Record]:
+        async with open_ledger(sqlite_url, timeout=0.5) as book:
+            outcomes: list[Any] = []
+            for _ in range(2):
+                try:
+                    outcomes.append(await book.record(opened("a")))
+                except StoreError as e:
+                    outcomes.append(e)
+            await asyncio.sleep(1.5)  # the stall is over
+            return outcomes, await book.record(opened("a"))
+
+    (first, second), third = asyncio.run(body())
+    assert isinstance(first, OutcomeUnknown) and isinstance(second, OutcomeUnknown)
+    assert "earlier append of the same event" in str(second)
+    assert third.position == 1
+    assert [r.stream_id for r in read_all(sqlite_url)] == ["trade-a"]
+
+
+def test_closing_while_the_writer_is_stuck_returns_within_the_timeout(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk stalled for 4 s under a commit: the caller hears OutcomeUnknown after its 0.5 s,
+    and aclose returns after the writer's bounded wait (timeout + 1 s), not after the
+    stall; the writer finishes on its own and the append lands."""
+    monkeypatch.setenv(ENV, "before_commit=sleep:4@1")
+
+    async def body() -> tuple[Any, float]:
+        loop = asyncio.get_running_loop()
+        book = await open_ledger(sqlite_url, timeout=0.5)
+        try:
+            outcome: Any = await book.record(opened("a"))
+        except StoreError as e:
+            outcome = e
+        started = loop.time()
+        await book.aclose()
+        return outcome, loop.time() - started
+
+    outcome, closing = asyncio.run(body())
+    assert isinstance(outcome, OutcomeUnknown)
+    assert closing < 3
+    for _ in range(100):  # the stuck writer commits once the stall ends
+        if read_all(sqlite_url):
+            break
+        time.sleep(0.1)
+    assert [r.stream_id for r in read_all(sqlite_url)] == ["trade-a"]
+
+
+def test_a_cancelled_close_goes_on_and_leaves_nothing_open(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aclose cut short by its caller's own timeout while the writer finishes a stalled
+    commit: the closing goes on, a second aclose waits for it, and no descriptor or
+    connection thread is left behind."""
+
+    def connection_threads() -> list[str]:
+        return [t.name for t in threading.enumerate() if "connection_worker" in t.name]
+
+    async def body() -> tuple[int, int, bool, list[str]]:
+        async with open_ledger(sqlite_url) as book:  # the loop's own descriptors exist from here
+            await book.record(opened("a"))
+        before = len(os.listdir("/proc/self/fd"))
+        monkeypatch.setenv(ENV, "before_commit=sleep:1@1")
+        book = await open_ledger(sqlite_url, timeout=0.5)
+        with contextlib.suppress(OutcomeUnknown):
+            await book.record(opened("b"))
+        cut = False
+        try:
+            async with asyncio.timeout(0.1):
+                await book.aclose()
+        except TimeoutError:
+            cut = True
+        await book.aclose()
+        return before, len(os.listdir("/proc/self/fd")), cut, connection_threads()
+
+    before, after, cut, threads = asyncio.run(body())
+    assert cut
+    assert after == before
+    assert threads == []
 
 
 def test_a_big_next_group_does_not_hold_the_last_groups_answers(
