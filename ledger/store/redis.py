@@ -44,6 +44,7 @@ import datetime as dt
 import hashlib
 import itertools
 import random
+import re
 import select
 import time
 import urllib.parse
@@ -145,6 +146,9 @@ _STREAM_CACHE = 20_000
 _MAX_GROUP_EVENTS = 2000
 _BACKOFF_AFTER = 2  # lost races in a row before a jittered pause, to break lockstep
 _TRIP_AFTER = 3
+# redis-py's words for a connection that failed to open (nothing was sent on it), matched
+# from the start: a failure later on names the host too, and a host may be named anything
+_CONNECTING = re.compile(r"(Timeout|Error( -?\d+)?) connecting to ")
 _COOL_DOWN = 1.0
 _MEMORY_SAMPLE = 1000
 _IDLE = 0.05  # seconds without an answer after which a pooled connection may be dead
@@ -401,7 +405,13 @@ class RedisStore:
         return {"target_nodes": self._client.get_node_from_key(self._keys["head"])}
 
     async def _check_server(self) -> None:
-        names = ("appendonly", "appendfsync", "save", "maxmemory-policy")
+        names = (
+            "appendonly",
+            "appendfsync",
+            "no-appendfsync-on-rewrite",
+            "save",
+            "maxmemory-policy",
+        )
         try:
             settings = await self._call(self._config_get(names), sent=False)
         except StoreUnavailable:
@@ -415,7 +425,13 @@ class RedisStore:
             self.persistence = {k: str(settings.get(k, "")) for k in names}
             aof = self.persistence["appendonly"] == "yes"
             fsync = self.persistence["appendfsync"]
-            if aof and fsync == "always":
+            if aof and fsync == "always" and self.persistence["no-appendfsync-on-rewrite"] == "yes":
+                self.durability = (
+                    "not durable: appendfsync always, but no-appendfsync-on-rewrite yes: while "
+                    "Redis rewrites its AOF it does not fsync, and a crash of the Redis host "
+                    "then loses the records acknowledged meanwhile"
+                )
+            elif aof and fsync == "always":
                 self.durability = (
                     "durable on this server: appendonly yes, appendfsync always "
                     "(a failover to a replica can still lose acknowledged records)"
@@ -546,7 +562,7 @@ class RedisStore:
             e, redis_errors.ConnectionError | redis_errors.TimeoutError | TimeoutError | OSError
         ):
             self._trip()
-            connecting = "connecting" in message or isinstance(
+            connecting = _CONNECTING.match(message) is not None or isinstance(
                 e, redis_errors.AuthenticationError | redis_errors.MaxConnectionsError
             )
             if connecting or not sent:

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from redis import exceptions as redis_errors
 from structlog.testing import capture_logs
 
 from ledger import (
@@ -32,7 +33,9 @@ from ledger import (
     open_ledger,
 )
 from ledger.events import natural_event_id
+from ledger.failpoints import FailPoints
 from ledger.store.redis import RedisStore
+from ledger.trade import fold
 from projections import OpenPositions, Pnl, TradeHistory
 from tests.lifecycles import (
     T0,
@@ -582,13 +585,47 @@ def test_an_evicting_maxmemory_policy_is_refused_unless_allowed(
 
 
 @pytest.mark.parametrize(
+    ("error", "written"),
+    [
+        (redis_errors.ConnectionError("Error 111 connecting to reconnecting-proxy:6379."), False),
+        (redis_errors.ConnectionError("Error -2 connecting to reconnecting-proxy:6379."), False),
+        (redis_errors.TimeoutError("Timeout connecting to server"), False),
+        (
+            redis_errors.ConnectionError(
+                "Error while reading from reconnecting-proxy:6379 : (104, 'Connection reset')"
+            ),
+            True,
+        ),
+        (redis_errors.TimeoutError("Timeout reading from reconnecting-proxy:6379"), True),
+    ],
+    ids=["refused", "no-such-host", "connect-timeout", "reset-after-send", "read-timeout"],
+)
+def test_a_connection_that_never_opened_is_told_from_one_lost_after_the_append_was_sent(
+    error: Exception, written: bool
+) -> None:
+    """By redis-py's words for a failed connect, matched from the start of its message: a
+    host whose name holds "connecting" must not make a reset after the send look like
+    nothing was written."""
+    store = RedisStore(
+        "redis://reconnecting-proxy:6379/0?ledger=x",
+        rules=fold,
+        clock=lambda: dt.datetime.now(dt.UTC),
+        timeout=1,
+        failpoints=FailPoints(),
+    )
+    outcome = store._error(error, sent=True)
+    assert isinstance(outcome, OutcomeUnknown if written else StoreUnavailable)
+
+
+@pytest.mark.parametrize(
     ("setting", "loss"),
     [
         (("--appendfsync", "everysec"), "about the last second"),
+        (("--no-appendfsync-on-rewrite", "yes"), "while Redis rewrites its AOF"),
         (("--appendonly", "no", "--save", "900 1"), "since the last RDB snapshot"),
         (("--appendonly", "no"), "loses the whole ledger"),
     ],
-    ids=["everysec", "snapshots-only", "no-persistence"],
+    ids=["everysec", "no-fsync-on-rewrite", "snapshots-only", "no-persistence"],
 )
 def test_a_server_that_can_lose_acknowledged_records_says_so_and_require_durable_refuses_it(
     make_server: MakeServer, tmp_path: Path, setting: tuple[str, ...], loss: str
