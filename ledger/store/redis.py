@@ -350,6 +350,7 @@ class RedisStore:
         self._idle: asyncio.Event | None = None  # set while no group is being committed
         self._holding = False  # the writer task holds requests it has not committed yet
         self._head: Head | None = None
+        self._highest = 0  # the furthest position this client saw the log reach
         self._streams: dict[str, tuple[int, StreamState]] = {}
         self._failures = 0
         self._open_until = 0.0
@@ -660,6 +661,20 @@ class RedisStore:
         self._head = None
         self._streams.clear()
 
+    def _server_head(self, head: Head) -> Head:
+        """``head`` as Redis reports it, refused when it is behind a position this client
+        saw: the log never shrinks, so Redis lost acknowledged records (a failover to a
+        lagging replica, a restore, a flush) and appending would give their positions
+        to other events."""
+        if head.position < self._highest:
+            raise IntegrityError(
+                f"{self.url}: the ledger went back from position {self._highest} to "
+                f"{head.position}: Redis lost acknowledged records; nothing was written. "
+                "Stop every executor and compare the log with your anchors and exports"
+            )
+        self._highest = head.position
+        return head
+
     async def _commit_group(self, group: list[_Request]) -> None:
         known: dict[str, Record] = {}
         wanted = self.options.wait_replicas
@@ -696,6 +711,7 @@ class RedisStore:
                 return
             if new:
                 self._head = stage.head
+                self._highest = stage.head.position
                 self._streams.update(stage.streams)
                 while len(self._streams) > _STREAM_CACHE:
                     self._streams.pop(next(iter(self._streams)))
@@ -713,7 +729,7 @@ class RedisStore:
     async def _learn(self, lost: _Lost, known: dict[str, Record]) -> None:
         """Bring the caches up to what the script found, before staging again."""
         self._log.debug("redis_race", head=lost.head.position, ids=lost.ids, streams=lost.streams)
-        self._head = lost.head
+        self._head = self._server_head(lost.head)
         if lost.ids:
             ids = self._keys["ids"]
             positions = await self._call(self._client.hmget(ids, lost.ids), sent=False)
@@ -733,7 +749,7 @@ class RedisStore:
         believed once the refused streams' versions are checked against Redis.
         """
         if self._head is None:
-            self._head = await self.head()
+            self._head = self._server_head(await self.head())
         streams = self._streams
         for request in group:
             for proposal in request.batch:
@@ -788,7 +804,7 @@ class RedisStore:
             ]
             if not stale and not retried:
                 break
-            self._head = await self.head()
+            self._head = self._server_head(await self.head())
             for stream_id in stale:
                 self._in_time(deadline)
                 self._streams[stream_id] = await self._load_stream(stream_id)

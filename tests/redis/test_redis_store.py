@@ -26,9 +26,11 @@ from structlog.testing import capture_logs
 from ledger import (
     Append,
     IncompatibleStore,
+    IntegrityError,
     InvalidEvent,
     LedgerError,
     OutcomeUnknown,
+    Record,
     StoreUnavailable,
     open_ledger,
 )
@@ -530,6 +532,40 @@ def test_a_refused_wait_after_the_script_wrote_is_outcome_unknown(
 
     records = run(body())
     assert [r.stream_id for r in records] == ["trade-t1"]
+
+
+@pytest.mark.parametrize("loss", ["flushed", "older copy"])
+def test_a_ledger_that_went_back_in_redis_is_refused_not_written_over(
+    make_server: MakeServer, tmp_path: Path, loss: str
+) -> None:
+    """Redis loses acknowledged records under a running executor (a flush, or a failover to
+    a replica a record behind): the next append raises IntegrityError and writes nothing,
+    instead of giving an acknowledged position to another event."""
+    server = make_server()
+    url = server.url(tmp_path, name="back")
+    client = server.client()
+
+    async def body() -> tuple[list[Any], list[Record]]:
+        outcomes: list[Any] = []
+        async with open_ledger(url) as book:
+            await book.record(opened("t1"))
+            copy = {key: client.dump(key) for key in client.keys("tradeledger:{back}:*")}
+            await book.record(opened("t2"))
+            client.delete(*client.keys("tradeledger:{back}:*"))
+            if loss == "older copy":
+                for key, value in copy.items():
+                    client.restore(key, 0, value)
+            for event in (opened("t3"), stop_moved("t1", stop_price=Decimal(95))):
+                try:
+                    outcomes.append(await book.record(event))
+                except LedgerError as e:
+                    outcomes.append(e)
+            return outcomes, await all_records(book)
+
+    outcomes, records = run(body())
+    client.close()
+    assert all(isinstance(o, IntegrityError) and "went back" in str(o) for o in outcomes)
+    assert [r.stream_id for r in records] == ([] if loss == "flushed" else ["trade-t1"])
 
 
 def test_redis_out_of_memory_refuses_the_append_before_writing_anything(
