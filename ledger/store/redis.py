@@ -597,10 +597,16 @@ class RedisStore:
         if self._idle.is_set() and self._queue.empty() and not self._holding:
             # Nothing in flight: commit in the caller's own task, a group of one, sparing
             # two turns of the event loop. Cancelling this caller touches no one else's
-            # append; appends arriving meanwhile queue for the writer task.
+            # append; appends arriving meanwhile queue for the writer task. Each call to
+            # Redis is bounded, and so is the whole append: its reads, races and script.
             self._idle.clear()
             try:
-                await self._commit(request)
+                async with asyncio.timeout(self.timeout):
+                    await self._commit(request)
+            except TimeoutError:  # a hung or slow server, as a call's own timeout would say
+                self._trip()
+                self._forget()  # the caches may be half brought up to date
+                _settle(request.future, self._late(sent=request.sent))
             finally:
                 self._idle.set()
             return await request.future
@@ -612,14 +618,19 @@ class RedisStore:
             timer.cancel()
 
     def _expire(self, request: _Request) -> None:
-        if request.taken:  # staged or sent: the writer may still send it
-            error: LedgerError = OutcomeUnknown(
-                f"{self.url}: no answer in time after the append was taken up; "
-                "retry with the same event_id"
+        # staged or sent, the writer may still send it; still queued, the writer skips
+        # a caller that is answered
+        _settle(request.future, self._late(sent=request.taken))
+
+    def _late(self, *, sent: bool) -> LedgerError:
+        if sent:
+            return OutcomeUnknown(
+                f"{self.url}: no answer within {self.timeout}s after the append was taken "
+                "up; retry with the same event_id"
             )
-        else:  # still queued: the writer skips a caller that is answered
-            error = StoreUnavailable(f"{self.url}: the write did not start in time")
-        _settle(request.future, error)
+        return StoreUnavailable(
+            f"{self.url}: the write did not start within {self.timeout}s; nothing was written"
+        )
 
     async def _write_loop(self) -> None:
         assert self._queue is not None and self._idle is not None

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import random
 import sqlite3
+import threading
 import time
 import uuid
 from decimal import Decimal
@@ -373,6 +374,48 @@ def test_the_same_ledger_recovers_by_itself_once_redis_is_back_and_the_cool_down
     assert (first.position, second.position) == (1, 2)
 
 
+def test_one_append_is_bounded_as_a_whole_not_call_by_call(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    """Redis stalls just under the timeout at every turn (another client's back-to-back
+    DEBUG SLEEP 0.45 against a 0.5 s timeout): a fresh executor's append, which reads the
+    head and the trade's stream before its script, answers within about one timeout,
+    not one per call."""
+    server = make_server("--enable-debug-command", "yes")
+    url = server.url(tmp_path)
+    stalling = threading.Event()
+
+    def stall() -> None:
+        client = server.client()
+        client.connection_pool.connection_kwargs["socket_timeout"] = 10
+        while stalling.is_set():
+            client.execute_command("DEBUG", "SLEEP", "0.45")
+        client.close()
+
+    async def body() -> tuple[Any, float]:
+        async with open_ledger(url) as book:
+            await book.record(opened("t1"))
+        async with open_ledger(url.replace(".views.db", "-2.views.db"), timeout=0.5) as book:
+            stalling.set()
+            staller = threading.Thread(target=stall)
+            staller.start()
+            await asyncio.sleep(0.1)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            try:
+                outcome: Any = await book.record(stop_moved("t1", stop_price=Decimal(95)))
+            except LedgerError as e:
+                outcome = e
+            took = loop.time() - started
+            stalling.clear()
+            await asyncio.to_thread(staller.join)
+            return outcome, took
+
+    outcome, took = run(body())
+    assert isinstance(outcome, StoreUnavailable | OutcomeUnknown)
+    assert took < 0.8
+
+
 def test_the_circuit_breaker_fails_fast_while_redis_hangs(
     make_server: MakeServer, tmp_path: Path
 ) -> None:
@@ -493,6 +536,7 @@ def test_a_caller_told_nothing_was_written_finds_nothing_written(
                 return "recorded"
 
             told = await asyncio.gather(*(one(i) for i in range(count)))
+        async with open_ledger(url.replace(".views.db", "-3.views.db"), timeout=0.05) as book:
             batch = [fee_charged(f"t{i}") for i in range(count)]
             with pytest.raises(StoreUnavailable):  # one caller, in its own task: the same bound
                 await book.record_batch(batch)
