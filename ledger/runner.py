@@ -25,7 +25,13 @@ from typing import Any, TypeVar
 import msgspec
 
 from ledger.chain import GENESIS
-from ledger.errors import IntegrityError, InvalidEvent, LedgerError
+from ledger.errors import (
+    IntegrityError,
+    InvalidEvent,
+    LedgerError,
+    OutcomeUnknown,
+    StoreUnavailable,
+)
 from ledger.events import EVENT_TYPES, TRADE_EVENTS, Event, TradeEvent
 from ledger.logs import get_logger
 from ledger.projection import ReadModel, StateProjection, Step, TableProjection
@@ -124,6 +130,9 @@ class Runner:
         self.follow_retry = 1.0
         # each table view's position as this process last stored it (see _flush)
         self._written: dict[str, int] = {}
+        # flushes the read model could not take (its write lock held past the timeout,
+        # say), oldest first, each with the positions it stores: tried again with the next
+        self._unwritten: list[tuple[Callable[[sqlite3.Connection], None], dict[str, int]]] = []
         self.fold = TradeFold()
         self.position = 0
         self.hash = GENESIS
@@ -357,7 +366,7 @@ class Runner:
         if self._writing is not None:
             pending, self._writing = self._writing, None
             await pending
-        if not self._dirty or not self.tables:
+        if not (self._dirty or self._unwritten) or not self.tables:
             self._dirty = False
             return
         self._dirty = False
@@ -369,6 +378,7 @@ class Runner:
         writes = [(table, table.take()) for table in tables]
 
         written = self._written
+        stored_at: dict[str, int] = {}  # into _written once the transaction commits
 
         def work(conn: sqlite3.Connection) -> None:
             # Several processes may keep the views of one file. Each writes only on top
@@ -400,14 +410,14 @@ class Runner:
                             "INSERT OR REPLACE INTO projection_positions VALUES (?, ?, ?, ?)",
                             (table.name, identity, position, digest_),
                         )
-                    written[table.name] = position
+                    stored_at[table.name] = position
                 except Exception as e:  # the database's refusal or the view's own bug
                     conn.execute("ROLLBACK TO view")
                     table.fault(f"cannot store rows at position {position}: {e!r}")
                     self._log.error("projection_faulted", view=table.name, error=repr(e))
                 conn.execute("RELEASE view")
 
-        task = asyncio.ensure_future(self._write(work, tables, position))
+        task = asyncio.ensure_future(self._write(work, stored_at, tables, position))
         if wait or not settled:
             await task
         else:
@@ -416,15 +426,33 @@ class Runner:
     async def _write(
         self,
         work: Callable[[sqlite3.Connection], None],
+        stored_at: dict[str, int],
         tables: list[TableProjection],
         position: int,
     ) -> None:
+        behind, self._unwritten = self._unwritten, []
+
+        def together(conn: sqlite3.Connection) -> None:
+            for earlier, _ in behind:
+                earlier(conn)
+            work(conn)
+
         try:
-            await self.read_model.transact(work, durable=False)
+            await self.read_model.transact(together, durable=False)
+        except (StoreUnavailable, OutcomeUnknown) as e:
+            # Nothing stored, or not known: storing again is harmless, for a view is never
+            # moved back (a flush that did land is found ahead and rolled back). The
+            # views stay sound, their tables behind, until the next flush takes them.
+            self._unwritten = [*behind, (work, stored_at)]
+            self._log.warning("views_behind", position=position, error=str(e))
+            return
         except LedgerError:
             for table in tables:
                 table.fault(f"the read model could not be written at position {position}")
             raise
+        for _, earlier_at in behind:
+            self._written.update(earlier_at)
+        self._written.update(stored_at)
 
     async def offer(self, records: Sequence[Record]) -> None:
         """Bring the views up to the last of ``records`` (just appended by this process)."""
@@ -499,6 +527,7 @@ class Runner:
         await self.read_model.transact(reset)
         self._at = {p.name: 0 for p in self.projections}
         self._written = {t.name: 0 for t in self.tables}
+        self._unwritten = []  # their rows belong to the tables just emptied
         self._ahead = 0
         self.position, self.hash = 0, GENESIS
 

@@ -311,6 +311,33 @@ def test_a_cancelled_close_goes_on_and_leaves_nothing_open(
     assert threads == []
 
 
+def test_a_table_view_whose_write_lock_is_taken_falls_behind_and_catches_up_not_faulted(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another connection holds the write lock past the 0.5 s timeout right after a close
+    commits: the views cannot store their rows then. The record still returns; trade
+    history stays readable (behind, not faulted) and stores the close with the next flush."""
+    monkeypatch.setenv(ENV, "after_commit=sleep:0.3@2")
+
+    async def body() -> tuple[list[str], list[str]]:
+        async with open_ledger(sqlite_url, [TradeHistory()], timeout=0.5) as book:
+            await book.record(opened("a"))
+            closing = asyncio.ensure_future(book.record(closed("a")))
+            await asyncio.sleep(0.1)  # committed; the writer sleeps before it answers
+            with connect(sqlite_url) as holder:
+                holder.execute("BEGIN IMMEDIATE")
+                await closing  # its views' flush waits out the timeout meanwhile
+                holder.execute("ROLLBACK")
+            while_behind = [t.trade_id for t in (await book.view(TradeHistory).trades()).trades]
+            await book.record(opened("b"))
+            after = [t.trade_id for t in (await book.view(TradeHistory).trades()).trades]
+            return while_behind, after
+
+    while_behind, after = asyncio.run(body())
+    assert while_behind == []
+    assert after == ["a"]
+
+
 def test_a_big_next_group_does_not_hold_the_last_groups_answers(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
