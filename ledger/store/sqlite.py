@@ -104,6 +104,7 @@ _NOTHING_WRITTEN = frozenset({"SQLITE_FULL", "SQLITE_BUSY", "SQLITE_LOCKED", "SQ
 _QUEUED, _RUNNING, _CANCELLED, _ANSWERED = range(4)
 _MAX_GROUP_EVENTS = 4096
 _STREAM_CACHE = 20_000
+_UNSURE_IDS = 10_000  # event ids of appends whose callers could not be told how they ended
 _PAGE = 1000
 
 _parse_time = dt.datetime.fromisoformat
@@ -211,7 +212,12 @@ class _Answers:
         self.appended = appended
         self.queued: collections.deque[list[tuple[asyncio.Future[Any], Any]]] = collections.deque()
         self.fd: int | None = None
-        self.closed = False  # set on the loop's thread once nobody watches any more
+        # The descriptor is closed by whichever comes last: the loop's close, or the end of
+        # the writer (still committing when a close stopped waiting for it). Closed under a
+        # writer still sending, its number could name another file by then.
+        self.lock = threading.Lock()
+        self.closed = False  # nobody watches any more: what is sent now is dropped
+        self.sender_done = False
         if not hasattr(os, "eventfd"):
             return
         fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -224,13 +230,14 @@ class _Answers:
 
     def send(self, outcomes: list[tuple[asyncio.Future[Any], Any]]) -> None:
         """Queue a group's answers and wake the loop (on the writer thread)."""
-        if self.closed:
-            return
-        if self.fd is None:
-            self.loop.call_soon_threadsafe(_settle_group, outcomes, self.appended)
-            return
-        self.queued.append(outcomes)
-        os.eventfd_write(self.fd, 1)
+        with self.lock:
+            if self.closed:
+                return
+            if self.fd is None:
+                self.loop.call_soon_threadsafe(_settle_group, outcomes, self.appended)
+                return
+            self.queued.append(outcomes)
+            os.eventfd_write(self.fd, 1)
 
     def settle(self) -> None:
         """Settle every group queued (on the loop's thread)."""
@@ -245,14 +252,22 @@ class _Answers:
             if queued and self.fd is not None:  # one raised: the rest on the loop's next turn
                 os.eventfd_write(self.fd, 1)
 
-    def close(self, *, release: bool = True) -> None:
-        """Settle what is left and stop watching. ``release`` closes the descriptor: only
-        once the writer has stopped, for a number closed under it could name another file."""
+    def close(self) -> None:
+        """Settle what is left and stop watching (on the loop's thread)."""
         self.settle()
-        self.closed = True
-        if self.fd is not None:
-            self.loop.remove_reader(self.fd)
-            if release:
+        with self.lock:
+            self.closed = True
+            if self.fd is not None:
+                self.loop.remove_reader(self.fd)
+                if self.sender_done:
+                    os.close(self.fd)
+                    self.fd = None
+
+    def sender_stopped(self) -> None:
+        """The writer sends no more (on its thread, as it ends)."""
+        with self.lock:
+            self.sender_done = True
+            if self.closed and self.fd is not None:
                 os.close(self.fd)
                 self.fd = None
 
@@ -395,6 +410,7 @@ class _Writer:
                 self.unexpected(group, e)
         self.release()
         self.conn.close()
+        self.store.writer_stopped()
 
     def take(self) -> tuple[list[_Request], bool]:
         """Wait for the next request and take the appends behind it, up to a group's worth,
@@ -710,6 +726,10 @@ class SqliteStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._closing: asyncio.Future[None] | None = None
+        # the event ids of appends that may have landed without their caller knowing (it
+        # heard OutcomeUnknown, or was cancelled once the write had started): a retry of
+        # one withdrawn before it starts must not be told that nothing was written
+        self._unsure: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     # lifecycle
 
@@ -782,28 +802,31 @@ class SqliteStore:
 
     async def _close(self) -> None:
         writer = self._writer
-        stopped = writer is None
         try:
             if writer is not None:
                 writer.stop()
                 # bounded like every wait: a writer stuck on a stalled disk is left to end
                 # on its own (the callers of what it holds have had their answers by now)
                 await asyncio.to_thread(writer.thread.join, self.timeout + 1)
-                stopped = not writer.thread.is_alive()
-                if not stopped:
+                if writer.thread.is_alive():
                     get_logger("tradeledger").error(
                         "writer_stuck", store="sqlite", path=self.path, seconds=self.timeout + 1
                     )
         finally:
             if self._answers is not None:
-                # a writer still running may answer yet: its descriptor stays open for it
-                self._answers.close(release=stopped)
+                if writer is None or not writer.thread.is_alive():  # ended, or never began
+                    self._answers.sender_stopped()
+                self._answers.close()  # the writer, if it still runs, closes it as it ends
             if self._reader is not None:
                 await self._reader.close()
             if self._pages is not None:
                 self._pages.close()
             if self._appended is not None:
                 self._appended.set()
+
+    def writer_stopped(self) -> None:
+        if self._answers is not None:
+            self._answers.sender_stopped()
 
     def answer(self, outcomes: list[tuple[asyncio.Future[Any], Any]]) -> None:
         """Settle callers, in the order the writer served them, and wake subscribers (from
@@ -838,15 +861,18 @@ class SqliteStore:
             # written; one already started may still land, which the caller cannot be
             # told: as after OutcomeUnknown, a retry with the same event id is safe.
             # Work (a view's table flush) always runs to the end, the runner counts on it.
-            if request.work is None:
-                writer.cancel(request)
+            if request.work is None and not writer.cancel(request):
+                self._unsure_of(request)
             raise
         except _Expired:
             if writer.cancel(request):
-                if writer.running(request):  # this call wrote nothing, an earlier one may have
+                if writer.running(request) or any(
+                    p.event_id in self._unsure for p in request.batch
+                ):
+                    # this call wrote nothing, but an earlier one of the same event may have
                     raise OutcomeUnknown(
                         f"{self.path}: no answer within {self.timeout}s, and an earlier append "
-                        "of the same event is being written; retry with the same event_id"
+                        "of the same event may have landed; retry with the same event_id"
                     ) from None
                 raise StoreUnavailable(
                     f"{self.path}: the write did not start within {self.timeout}s; nothing was written"
@@ -855,10 +881,18 @@ class SqliteStore:
                 if isinstance(request.outcome, BaseException):
                     raise request.outcome from None
                 return request.outcome
+            self._unsure_of(request)
             raise OutcomeUnknown(
                 f"{self.path}: no answer within {self.timeout}s after the write started; "
                 "retry with the same event_id"
             ) from None
+
+    def _unsure_of(self, request: _Request) -> None:
+        for proposal in request.batch:
+            self._unsure[proposal.event_id] = None
+            self._unsure.move_to_end(proposal.event_id)
+        while len(self._unsure) > _UNSURE_IDS:
+            self._unsure.popitem(last=False)
 
     async def save_checkpoints(self, checkpoints: Sequence[Checkpoint]) -> None:
         writer, _ = self._live()
