@@ -146,9 +146,10 @@ _STREAM_CACHE = 20_000
 _MAX_GROUP_EVENTS = 2000
 _BACKOFF_AFTER = 2  # lost races in a row before a jittered pause, to break lockstep
 _TRIP_AFTER = 3
-# redis-py's words for a connection that failed to open (nothing was sent on it), matched
-# from the start: a failure later on names the host too, and a host may be named anything
-_CONNECTING = re.compile(r"(Timeout|Error( -?\d+)?) connecting to ")
+# redis-py's words for a connection that failed to open (nothing was sent on it): "Error
+# [errno or reasons] connecting to HOST:PORT." or "Timeout connecting to server". A failure
+# later on names the host too, and a host name may hold "connecting", but no spaces.
+_CONNECTING = re.compile(r"(Timeout|Error)\b.*? connecting to ")
 _COOL_DOWN = 1.0
 _MEMORY_SAMPLE = 1000
 _IDLE = 0.05  # seconds without an answer after which a pooled connection may be dead
@@ -357,6 +358,7 @@ class RedisStore:
         self._answered_at = 0.0
         self._closing = False
         self._closed = False
+        self._shutdown: asyncio.Future[None] | None = None
         self._log = get_logger("tradeledger")
 
     # lifecycle
@@ -485,24 +487,33 @@ class RedisStore:
             )
 
     async def aclose(self) -> None:
-        if self._closed or self._closing:
-            return
-        self._closing = True
-        if self._writer is not None:
-            assert self._queue is not None and self._idle is not None
-            await self._queue.join()
-            await self._idle.wait()
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-        self._closed = True
-        await self._views.aclose()
-        if self._wire is not None:
-            with contextlib.suppress(Exception):
-                await self._wire.disconnect()
-        if self._client is not None:
-            with contextlib.suppress(Exception):
-                await self._client.aclose()
+        """Let the appends in flight finish, then close; safe to call twice. Cancelling a
+        caller of ``aclose`` does not stop the closing: calling it again waits for it."""
+        if self._shutdown is None:
+            self._closing = True
+            self._shutdown = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._shutdown)
+
+    async def _close(self) -> None:
+        try:
+            if self._writer is not None:
+                assert self._queue is not None and self._idle is not None
+                await self._queue.join()
+                await self._idle.wait()
+                self._writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._writer
+        finally:
+            if self._writer is not None and not self._writer.done():  # the close was cut short
+                self._writer.cancel()
+            self._closed = True
+            await self._views.aclose()
+            if self._wire is not None:
+                with contextlib.suppress(Exception):
+                    await self._wire.disconnect()
+            if self._client is not None:
+                with contextlib.suppress(Exception):
+                    await self._client.aclose()
 
     def read_model(self) -> LocalReadModel:
         """Table projections live in a local SQLite file on this host."""
@@ -701,7 +712,9 @@ class RedisStore:
                     request.sent = True
             try:
                 replicas = await self._send(new, confirm=confirm)
-            except _Lost as lost:
+            except _Lost as lost:  # the script wrote nothing: until it runs again, nothing is sent
+                for request in group:
+                    request.sent = False
                 losses += 1
                 if time.monotonic() > deadline:
                     error = StoreUnavailable(

@@ -416,6 +416,87 @@ def test_one_append_is_bounded_as_a_whole_not_call_by_call(
     assert took < 0.8
 
 
+def test_an_append_whose_script_lost_the_race_is_told_nothing_was_written_when_time_runs_out(
+    make_server: MakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another executor moved the trade on, so the script answers that it wrote nothing;
+    Redis then stalls (DEBUG SLEEP 1.5) while the stream is read again, past the 1 s
+    timeout. Nothing was sent that could have landed: StoreUnavailable, not OutcomeUnknown."""
+    server = make_server("--enable-debug-command", "yes")
+    url = server.url(tmp_path)
+    admin = server.client()
+    stall = threading.Event()
+    load_stream = RedisStore._load_stream
+
+    async def stalling_load(store: RedisStore, stream_id: str) -> Any:
+        if stall.is_set():
+            stall.clear()
+            threading.Thread(target=admin.execute_command, args=("DEBUG", "SLEEP", "1.5")).start()
+            await asyncio.sleep(0.05)
+        return await load_stream(store, stream_id)
+
+    monkeypatch.setattr(RedisStore, "_load_stream", stalling_load)
+
+    async def body() -> tuple[Any, list[str]]:
+        async with (
+            open_ledger(url, timeout=1) as first,
+            open_ledger(url.replace(".views.db", "-2.views.db"), timeout=1) as second,
+        ):
+            await first.record(opened("t1"))
+            await second.record(stop_moved("t1", stop_price=Decimal(90)))
+            stall.set()
+            try:
+                outcome: Any = await first.record(
+                    stop_moved("t1", stop_price=Decimal(95)), event_id="x1"
+                )
+            except LedgerError as e:
+                outcome = e
+            await asyncio.sleep(1)  # the stall is over
+            return outcome, [r.event_id for r in await all_records(first)]
+
+    outcome, logged = run(body())
+    admin.close()
+    assert isinstance(outcome, StoreUnavailable)
+    assert "x1" not in logged
+
+
+def test_a_cancelled_close_goes_on_and_a_second_close_waits_for_it(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    """Redis stalls (DEBUG SLEEP 0.8) with one append in flight and one queued; the first
+    aclose is cut short by its caller's timeout. The closing goes on: the second aclose
+    returns once both appends are answered and every connection to Redis is closed."""
+    server = make_server("--enable-debug-command", "yes")
+    url = server.url(tmp_path)
+    admin = server.client()
+
+    async def body() -> tuple[bool, list[Any], int]:
+        book = await open_ledger(url, timeout=2)
+        await book.record(opened("t0"))
+        sleeper = threading.Thread(target=admin.execute_command, args=("DEBUG", "SLEEP", "0.8"))
+        sleeper.start()
+        await asyncio.sleep(0.05)
+        calls = [asyncio.ensure_future(book.record(opened(t))) for t in ("t1", "t2")]
+        await asyncio.sleep(0.01)
+        cut = False
+        try:
+            async with asyncio.timeout(0.1):
+                await book.aclose()
+        except TimeoutError:
+            cut = True
+        await book.aclose()
+        answered = [call.done() for call in calls]
+        await asyncio.to_thread(sleeper.join)
+        mine = [c for c in admin.client_list() if c["cmd"] not in ("client|list", "debug")]
+        return cut, answered, len(mine)
+
+    cut, answered, connections = run(body())
+    admin.close()
+    assert cut
+    assert answered == [True, True]
+    assert connections == 0
+
+
 def test_the_circuit_breaker_fails_fast_while_redis_hangs(
     make_server: MakeServer, tmp_path: Path
 ) -> None:
@@ -672,13 +753,27 @@ def test_an_evicting_maxmemory_policy_is_refused_unless_allowed(
         (redis_errors.TimeoutError("Timeout connecting to server"), False),
         (
             redis_errors.ConnectionError(
+                "Error Multiple exceptions: [Errno 111] Connect call failed ('::1', 6379, 0, 0), "
+                "[Errno 111] Connect call failed ('127.0.0.1', 6379) connecting to localhost:6379."
+            ),
+            False,
+        ),
+        (
+            redis_errors.ConnectionError(
                 "Error while reading from reconnecting-proxy:6379 : (104, 'Connection reset')"
             ),
             True,
         ),
         (redis_errors.TimeoutError("Timeout reading from reconnecting-proxy:6379"), True),
     ],
-    ids=["refused", "no-such-host", "connect-timeout", "reset-after-send", "read-timeout"],
+    ids=[
+        "refused",
+        "no-such-host",
+        "connect-timeout",
+        "every-address-refused",
+        "reset-after-send",
+        "read-timeout",
+    ],
 )
 def test_a_connection_that_never_opened_is_told_from_one_lost_after_the_append_was_sent(
     error: Exception, written: bool
