@@ -691,7 +691,8 @@ class RedisStore:
         if head.position < self._highest:
             raise IntegrityError(
                 f"{self.url}: the ledger went back from position {self._highest} to "
-                f"{head.position}: Redis lost acknowledged records; nothing was written. "
+                f"{head.position}: Redis lost acknowledged records (or the ledger was "
+                "deleted); nothing was written. "
                 "Stop every executor and compare the log with your anchors and exports"
             )
         self._highest = head.position
