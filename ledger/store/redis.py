@@ -617,11 +617,12 @@ class RedisStore:
             except TimeoutError:  # a hung or slow server, as a call's own timeout would say
                 self._trip()
                 self._forget()  # the caches may be half brought up to date
-                _settle(request.future, self._late(sent=request.sent))
+                _settle(request.future, self._late(sent=request.sent, waited=self.timeout))
             finally:
                 self._idle.set()
             return await request.future
         self._queue.put_nowait(request)
+        # a queued caller waits for the append in flight, then for its own turn
         timer = loop.call_later(self.timeout * 2, self._expire, request)
         try:
             return await request.future
@@ -631,16 +632,16 @@ class RedisStore:
     def _expire(self, request: _Request) -> None:
         # staged or sent, the writer may still send it; still queued, the writer skips
         # a caller that is answered
-        _settle(request.future, self._late(sent=request.taken))
+        _settle(request.future, self._late(sent=request.taken, waited=self.timeout * 2))
 
-    def _late(self, *, sent: bool) -> LedgerError:
+    def _late(self, *, sent: bool, waited: float) -> LedgerError:
         if sent:
             return OutcomeUnknown(
-                f"{self.url}: no answer within {self.timeout}s after the append was taken "
-                "up; retry with the same event_id"
+                f"{self.url}: no answer within {waited}s after the append was taken up; "
+                "retry with the same event_id"
             )
         return StoreUnavailable(
-            f"{self.url}: the write did not start within {self.timeout}s; nothing was written"
+            f"{self.url}: the write did not start within {waited}s; nothing was written"
         )
 
     async def _write_loop(self) -> None:
