@@ -243,13 +243,12 @@ def _options(url: str) -> tuple[_Options, str, str | None]:
 
 
 class _Request:
-    __slots__ = ("batch", "future", "sent", "taken")
+    __slots__ = ("batch", "future", "sent")
 
     def __init__(self, batch: Sequence[Proposal], future: asyncio.Future[list[Record]]) -> None:
         self.batch = batch
         self.future = future
-        self.taken = False  # in a group being committed: it may be sent whatever happens now
-        self.sent = False
+        self.sent = False  # its script went out, or is about to: it may land whatever happens
 
 
 class _Lost(Exception):
@@ -617,31 +616,30 @@ class RedisStore:
             except TimeoutError:  # a hung or slow server, as a call's own timeout would say
                 self._trip()
                 self._forget()  # the caches may be half brought up to date
-                _settle(request.future, self._late(sent=request.sent, waited=self.timeout))
+                _settle(request.future, self._late(sent=request.sent))
             finally:
                 self._idle.set()
             return await request.future
         self._queue.put_nowait(request)
-        # a queued caller waits for the append in flight, then for its own turn
-        timer = loop.call_later(self.timeout * 2, self._expire, request)
+        timer = loop.call_later(self.timeout, self._expire, request)
         try:
             return await request.future
         finally:
             timer.cancel()
 
     def _expire(self, request: _Request) -> None:
-        # staged or sent, the writer may still send it; still queued, the writer skips
-        # a caller that is answered
-        _settle(request.future, self._late(sent=request.taken, waited=self.timeout * 2))
+        # once sent, the script may run; until then the writer leaves out a caller that is
+        # answered (queued, or in a group being staged: see _commit_group)
+        _settle(request.future, self._late(sent=request.sent))
 
-    def _late(self, *, sent: bool, waited: float) -> LedgerError:
+    def _late(self, *, sent: bool) -> LedgerError:
         if sent:
             return OutcomeUnknown(
-                f"{self.url}: no answer within {waited}s after the append was taken up; "
+                f"{self.url}: no answer within {self.timeout}s after the append was sent; "
                 "retry with the same event_id"
             )
         return StoreUnavailable(
-            f"{self.url}: the write did not start within {waited}s; nothing was written"
+            f"{self.url}: the write did not start within {self.timeout}s; nothing was written"
         )
 
     async def _write_loop(self) -> None:
@@ -669,8 +667,6 @@ class RedisStore:
     async def _commit(self, *group: _Request) -> None:
         """Commit the requests still waiting; settle every one of them, whatever happens."""
         live = [r for r in group if not r.future.done()]
-        for request in live:
-            request.taken = True
         try:
             if live:
                 await self._commit_group(live)
@@ -706,12 +702,19 @@ class RedisStore:
         losses = 0
         while True:
             outcomes, stage, new = await self._stage(group, known, deadline)
+            if any(request.future.done() for request in group):
+                # callers whose wait ran out while the group was staged were told nothing
+                # was written: leave them out, and stage the others again without them
+                group = [request for request in group if not request.future.done()]
+                if not group:
+                    return
+                continue
             confirm = bool(wanted) and any(isinstance(o, list) for o in outcomes)
             if not new and not confirm:
                 break
             for request, outcome in zip(group, outcomes, strict=True):
                 if isinstance(outcome, list):
-                    request.sent = True
+                    request.sent = True  # from here on, its wait running out is unknown
             try:
                 replicas = await self._send(new, confirm=confirm)
             except _Lost as lost:  # the script wrote nothing: until it runs again, nothing is sent

@@ -416,6 +416,45 @@ def test_one_append_is_bounded_as_a_whole_not_call_by_call(
     assert took < 0.8
 
 
+def test_a_caller_queued_behind_a_stalled_append_waits_one_timeout_not_two(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    """Redis holds every write (CLIENT PAUSE WRITE): one append is in flight, a second
+    queued behind it. Each caller hears back within about its 0.5 s; one told nothing was
+    written finds nothing written once Redis lets the writes through."""
+    server = make_server()
+    url = server.url(tmp_path)
+    admin = server.client()
+
+    async def body() -> tuple[list[Any], list[float], list[str]]:
+        async with open_ledger(url, timeout=0.5) as book:
+            await book.record(opened("t0"))
+            admin.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+
+            async def timed(event: Any) -> tuple[Any, float]:
+                try:
+                    outcome: Any = await book.record(event)
+                except LedgerError as e:
+                    outcome = e
+                return outcome, loop.time() - started
+
+            answers = await asyncio.gather(timed(opened("t1")), timed(opened("t2")))
+            admin.execute_command("CLIENT", "UNPAUSE")
+            await asyncio.sleep(0.3)  # what was sent lands
+            logged = [r.stream_id for r in await all_records(book)]
+        return [a for a, _ in answers], [t for _, t in answers], logged
+
+    outcomes, took, logged = run(body())
+    admin.close()
+    assert all(isinstance(o, StoreUnavailable | OutcomeUnknown) for o in outcomes)
+    assert max(took) < 0.8
+    for outcome, stream in zip(outcomes, ["trade-t1", "trade-t2"], strict=True):
+        if isinstance(outcome, StoreUnavailable):
+            assert stream not in logged
+
+
 def test_an_append_whose_script_lost_the_race_is_told_nothing_was_written_when_time_runs_out(
     make_server: MakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
