@@ -672,8 +672,16 @@ class RedisStore:
                 await self._commit_group(live)
         except Exception as e:  # never leave a caller waiting, nor let the writer die
             self._forget()
-            error = e if isinstance(e, LedgerError) else StoreUnavailable(f"{self.url}: {e!r}")
             for request in live:
+                if isinstance(e, LedgerError):
+                    error: LedgerError = e
+                elif request.sent:  # the fault came after its script went out
+                    error = OutcomeUnknown(
+                        f"{self.url} failed after the append was sent ({e!r}); "
+                        "retry with the same event_id"
+                    )
+                else:
+                    error = StoreUnavailable(f"{self.url}: {e!r}; nothing was written")
                 _settle(request.future, error)
 
     def _forget(self) -> None:

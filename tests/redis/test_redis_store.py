@@ -36,7 +36,7 @@ from ledger import (
     open_ledger,
 )
 from ledger.events import natural_event_id
-from ledger.failpoints import FailPoints
+from ledger.failpoints import ENV, FailPoints
 from ledger.store.redis import RedisStore
 from ledger.trade import fold
 from projections import OpenPositions, Pnl, TradeHistory
@@ -414,6 +414,29 @@ def test_one_append_is_bounded_as_a_whole_not_call_by_call(
     outcome, took = run(body())
     assert isinstance(outcome, StoreUnavailable | OutcomeUnknown)
     assert took < 0.8
+
+
+def test_a_fault_after_the_script_ran_is_outcome_unknown_not_nothing_written(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unforeseen error right after the script wrote (the after_commit fail point): the
+    caller hears OutcomeUnknown, for the event is in the log, and its retry returns it."""
+    monkeypatch.setenv(ENV, "after_commit=error@2")
+
+    async def body() -> tuple[Any, Record, list[str]]:
+        async with open_ledger(redis_url) as book:
+            await book.record(opened("t0"))
+            try:
+                outcome: Any = await book.record(opened("t1"))
+            except LedgerError as e:
+                outcome = e
+            retried = await book.record(opened("t1"))
+            return outcome, retried, [r.stream_id for r in await all_records(book)]
+
+    outcome, retried, logged = run(body())
+    assert isinstance(outcome, OutcomeUnknown)
+    assert retried.position == 2
+    assert logged == ["trade-t0", "trade-t1"]
 
 
 def test_a_caller_queued_behind_a_stalled_append_waits_one_timeout_not_two(
