@@ -259,17 +259,18 @@ class _Answers:
             self.closed = True
             if self.fd is not None:
                 self.loop.remove_reader(self.fd)
-                if self.sender_done:
-                    os.close(self.fd)
-                    self.fd = None
+            self._release()
 
     def sender_stopped(self) -> None:
         """The writer sends no more (on its thread, as it ends)."""
         with self.lock:
             self.sender_done = True
-            if self.closed and self.fd is not None:
-                os.close(self.fd)
-                self.fd = None
+            self._release()
+
+    def _release(self) -> None:
+        if self.closed and self.sender_done and self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 class _Duplicate(Exception):
@@ -345,10 +346,6 @@ class _Writer:
         )
         self.verified: set[str] = set()
         self.data_version = -1
-        # The event ids of the last group of appends begun, kept until the next one
-        # begins: a retry withdrawn from the queue while they may be committing (or
-        # have just been) must not be told that nothing was written (see ``running``).
-        self.started: frozenset[str] = frozenset()
         # A committed group's requests, their answers held while the next group is
         # staged: sent just before that group's COMMIT, they wake the callers' event
         # loop while its fsync runs, not while the writer needs the GIL (see commit_group).
@@ -371,12 +368,6 @@ class _Writer:
                 request.state = _CANCELLED
                 return True
             return request.state == _CANCELLED
-
-    def running(self, request: _Request) -> bool:
-        """Whether the last group begun appends one of ``request``'s events: an earlier
-        attempt of the same event, which may be committing or committed."""
-        with self.lock:
-            return any(proposal.event_id in self.started for proposal in request.batch)
 
     def stop(self) -> None:
         """Commit what was submitted before, then end (submit and stop run on the loop's thread)."""
@@ -468,8 +459,6 @@ class _Writer:
             live = [r for r in group if r.state != _CANCELLED]
             for request in live:
                 request.state = _RUNNING
-            if live and live[0].work is None:
-                self.started = frozenset(p.event_id for r in live for p in r.batch)
         return live
 
     def begin_holding(self) -> None:
@@ -866,10 +855,9 @@ class SqliteStore:
             raise
         except _Expired:
             if writer.cancel(request):
-                if writer.running(request) or any(
-                    p.event_id in self._unsure for p in request.batch
-                ):
+                if any(p.event_id in self._unsure for p in request.batch):
                     # this call wrote nothing, but an earlier one of the same event may have
+                    # (its caller, whose wait ran out first, was told so just before)
                     raise OutcomeUnknown(
                         f"{self.path}: no answer within {self.timeout}s, and an earlier append "
                         "of the same event may have landed; retry with the same event_id"
