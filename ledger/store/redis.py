@@ -499,12 +499,11 @@ class RedisStore:
                 assert self._queue is not None and self._idle is not None
                 await self._queue.join()
                 await self._idle.wait()
+        finally:  # also when the close itself is cancelled (at the loop's shutdown)
+            if self._writer is not None:
                 self._writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._writer
-        finally:
-            if self._writer is not None and not self._writer.done():  # the close was cut short
-                self._writer.cancel()
             self._closed = True
             await self._views.aclose()
             if self._wire is not None:
@@ -747,8 +746,7 @@ class RedisStore:
                     _settle(request.future, e)
                 return
             if new:
-                self._head = stage.head
-                self._highest = stage.head.position
+                self._head = self._server_head(stage.head)
                 self._streams.update(stage.streams)
                 while len(self._streams) > _STREAM_CACHE:
                     self._streams.pop(next(iter(self._streams)))
